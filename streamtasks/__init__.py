@@ -1,0 +1,48 @@
+"""streamtasks: a Celery-style task queue on Redis Streams.
+
+    from streamtasks import App
+
+    app = App("shop", url="redis://localhost:6379/0")
+
+    @app.task(queue="orders")
+    def place_order(order_id: str, qty: int) -> dict: ...
+
+    place_order.delay("o-1", 2).get(timeout=5)
+"""
+
+from streamtasks.app import App
+from streamtasks.context import TaskContext, current_task
+from streamtasks.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    Reject,
+    Retry,
+    StreamTasksError,
+    TaskControl,
+    TaskError,
+    TimeoutError,
+)
+from streamtasks.result import AsyncResult
+from streamtasks.task import Task
+from streamtasks.worker import Worker
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DecodeError",
+    "EncodeError",
+    "Reject",
+    "Retry",
+    "StreamTasksError",
+    "Task",
+    "TaskContext",
+    "TaskControl",
+    "TaskError",
+    "TimeoutError",
+    "Worker",
+    "current_task",
+]

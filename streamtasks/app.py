@@ -1,0 +1,172 @@
+"""App: the registry of tasks and the settings they share, and the entry point to everything else."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from streamtasks.broker import Broker
+from streamtasks.connection import connect, resolve_url
+from streamtasks.errors import ConfigurationError
+from streamtasks.keys import QueueKeys, check_name
+from streamtasks.policy import RetryPolicy
+from streamtasks.result import AsyncResult
+from streamtasks.retrying import Outage
+from streamtasks.task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from streamtasks.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class App:
+    """A named set of tasks sharing one Redis and one set of defaults.
+
+    `url` defaults to the STREAMTASKS_URL environment variable, then redis://localhost:6379/0.
+    Durations are in seconds. `clock` returns the wall-clock time; tests may inject their own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str | None = None,
+        *,
+        default_queue: str = "default",
+        result_ttl: float = 86_400.0,
+        visibility_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        idempotency_ttl: float = 86_400.0,
+        max_message_bytes: int = 512 * 1024,
+        enqueue_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.name = check_name("app", name)
+        self.url = resolve_url(url)
+        self.default_queue = check_name("queue", default_queue)
+        if visibility_timeout <= 0 or result_ttl <= 0 or idempotency_ttl <= 0:
+            raise ConfigurationError("visibility_timeout, result_ttl and idempotency_ttl must be > 0")
+        if max_deliveries < 1:
+            raise ConfigurationError("max_deliveries must be at least 1")
+        self.result_ttl = result_ttl
+        self.visibility_timeout = visibility_timeout
+        self.max_deliveries = max_deliveries
+        self.idempotency_ttl = idempotency_ttl
+        self.max_message_bytes = max_message_bytes
+        self.enqueue_timeout = enqueue_timeout
+        self.clock = clock
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.outage = Outage(f"app {name}")
+        self._broker: Broker | None = None
+        self._keys: dict[str, QueueKeys] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} url={self.url}>"
+
+    @property
+    def broker(self) -> Broker:
+        """The connection to Redis, opened on first use."""
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = Broker(connect(self.url))
+        return self._broker
+
+    def keys(self, queue: str) -> QueueKeys:
+        found = self._keys.get(queue)
+        if found is None:
+            found = self._keys[queue] = QueueKeys(self.name, queue)
+        return found
+
+    def check_queue(self, queue: str) -> str:
+        return check_name("queue", queue)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of the registered tasks, in registration order."""
+        return list(dict.fromkeys(task.queue for task in self.tasks.values()))
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        ignore_result: bool = False,
+        acks_late: bool = True,
+        track_started: bool = False,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 300.0,
+        retry_jitter: bool = True,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        visibility_timeout: float | None = None,
+        idempotency_key: Callable[..., str] | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, **options: Any
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``."""
+        if fn is not None:
+            return self._register(fn, {})
+        return lambda f: self._register(f, options)
+
+    def _register(self, fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
+        known = {
+            "name", "queue", "ignore_result", "acks_late", "track_started", "max_retries",
+            "retry_backoff", "retry_backoff_max", "retry_jitter", "autoretry_for",
+            "visibility_timeout", "idempotency_key",
+        }
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+        if name in self.tasks:
+            raise ConfigurationError(f"a task named {name!r} is already registered")
+        visibility = options.get("visibility_timeout")
+        if visibility is not None and visibility <= 0:
+            raise ConfigurationError("visibility_timeout must be > 0")
+        retry = RetryPolicy(
+            max_retries=options.get("max_retries", 3),
+            backoff=options.get("retry_backoff", 1.0),
+            backoff_max=options.get("retry_backoff_max", 300.0),
+            jitter=options.get("retry_jitter", True),
+            autoretry_for=tuple(options.get("autoretry_for", ())),
+        )
+        task = Task(self, fn, TaskOptions(
+            name=name,
+            queue=check_name("queue", options.get("queue") or self.default_queue),
+            ignore_result=options.get("ignore_result", False),
+            acks_late=options.get("acks_late", True),
+            track_started=options.get("track_started", False),
+            retry=retry,
+            visibility_timeout=visibility,
+            idempotency_key=options.get("idempotency_key"),
+        ))
+        self.tasks[name] = task
+        return task
+
+    def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+        """A handle on a task enqueued earlier, by id (and queue, when not the default)."""
+        return AsyncResult(self, task_id, self.check_queue(queue or self.default_queue))
+
+    def Worker(self, queues: Iterable[str] | None = None, concurrency: int = 1, **options: Any) -> Worker:  # noqa: N802
+        """A worker for this app: `run()` blocks, `stop()` ends it, `drain()` runs until idle."""
+        from streamtasks.worker import Worker
+
+        return Worker(self, queues, concurrency, **options)
+
+    def close(self) -> None:
+        """Close the connection pool (a later call opens a new one)."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.client.close()
+                self._broker = None

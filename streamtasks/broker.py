@@ -1,0 +1,269 @@
+"""The broker: the only code that speaks to Redis, and the one place redis-py exceptions become ours.
+
+Each method is one round trip. The steps that must be atomic (enqueue with a key or a delay, settle,
+promote, reclaim, lease, prune, replay) are Lua scripts in ``streamtasks/lua``; docs/architecture.md
+explains each.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from streamtasks.errors import BrokerUnavailable, StreamTasksError
+from streamtasks.keys import GROUP, QueueKeys
+from streamtasks.message import Fields, flatten
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Entry = tuple[str, dict[bytes, bytes]]
+
+#: Idle time given to an entry that is handed back, so any worker's next reclaim pass takes it.
+HANDED_BACK_IDLE_MS = 10**12
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise redis-py exceptions as streamtasks ones."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+    except redis.ResponseError as exc:
+        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            raise BrokerUnavailable(f"Redis not ready: {exc}") from exc
+        raise StreamTasksError(f"Redis refused a command: {exc}") from exc
+
+
+def _translating(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with translated():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("streamtasks") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class SettleRecord:
+    """One finished run to apply: see settle.lua for the meaning of each slot."""
+
+    entry_id: str
+    action: str
+    result_key: str | None = None
+    result_ttl_ms: int = 0
+    status: str = ""
+    data: bytes = b""
+    idempotency_key: str | None = None
+    extra: bytes | str = b""
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    cursor: str
+    entries: list[Entry]
+    dead: int
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Broker:
+    """Redis operations streamtasks needs, on one client (thread-safe through its pool)."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._scripts = {
+            name: client.register_script(_load_script(name))
+            for name in ("enqueue", "settle", "promote", "reclaim", "lease", "prune", "replay")
+        }
+
+    # -- producing -------------------------------------------------------------------------
+
+    @_translating
+    def add(self, keys: QueueKeys, fields: Fields) -> str:
+        """Append a message now: one XADD, the fast path."""
+        return _s(self.client.xadd(keys.stream, fields))  # type: ignore[arg-type]
+
+    @_translating
+    def add_many(self, batch: Sequence[tuple[QueueKeys, Fields]]) -> None:
+        """Append many messages in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for keys, fields in batch:
+            pipe.xadd(keys.stream, fields)  # type: ignore[arg-type]
+        pipe.execute()
+
+    @_translating
+    def enqueue(
+        self, keys: QueueKeys, task_id: str, fields: Fields, *, due_ms: int = 0,
+        idempotency_key: str | None = None, idempotency_ttl_ms: int = 0,
+    ) -> tuple[str, bool]:
+        """Enqueue now or at `due_ms`, at most once per idempotency key; returns (task id, created)."""
+        ikey = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
+        ttl = idempotency_ttl_ms if idempotency_key is not None else 0
+        found_id, created = self._scripts["enqueue"](
+            keys=[keys.stream, keys.delayed, ikey],
+            args=[task_id, due_ms, ttl, *flatten(fields)],
+        )
+        return _s(found_id), bool(created)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    @_translating
+    def ensure_group(self, keys: QueueKeys) -> None:
+        """Create the queue's consumer group (and stream) unless it exists; reads from the start."""
+        try:
+            self.client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @_translating
+    def read(
+        self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, list[Entry]]]:
+        """XREADGROUP new entries from several streams; [(stream, [(id, fields)])]."""
+        reply = self.client.xreadgroup(
+            GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        )
+        return [
+            (_s(stream), [(_s(eid), fields) for eid, fields in entries])
+            for stream, entries in (reply or [])  # type: ignore[union-attr]
+        ]
+
+    @_translating
+    def done_flags(self, idempotency_keys: Sequence[str]) -> list[bool]:
+        """For each idempotency hash, whether a run with that key already completed."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in idempotency_keys:
+            pipe.hget(key, "done")
+        return [flag is not None for flag in pipe.execute()]
+
+    @_translating
+    def settle(
+        self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]
+    ) -> list[bool]:
+        """Apply finished runs in one atomic step each (one round trip); False where fenced."""
+        extra_keys: list[str] = []
+        args: list[Any] = [GROUP, consumer]
+        for r in records:
+            rkey = ikey = 0
+            if r.result_key is not None:
+                extra_keys.append(r.result_key)
+                rkey = 3 + len(extra_keys)
+            if r.idempotency_key is not None:
+                extra_keys.append(r.idempotency_key)
+                ikey = 3 + len(extra_keys)
+            args += [r.entry_id, r.action, rkey, r.result_ttl_ms, r.status, r.data, ikey, r.extra]
+        applied = self._scripts["settle"](
+            keys=[keys.stream, keys.dead, keys.delayed, *extra_keys], args=args
+        )
+        return [bool(flag) for flag in applied]
+
+    @_translating
+    def promote(self, keys: QueueKeys, now_ms: int, limit: int = 500) -> tuple[int, int | None]:
+        """Move due delayed messages into the stream; (moved, next due ms or None)."""
+        moved, next_due = self._scripts["promote"](
+            keys=[keys.delayed, keys.stream], args=[now_ms, limit]
+        )
+        return int(moved), None if int(next_due) < 0 else int(next_due)
+
+    @_translating
+    def reclaim(
+        self, keys: QueueKeys, consumer: str, *, cursor: str, count: int, max_deliveries: int,
+        default_timeout_ms: int, timeouts_ms: dict[str, int], own: bool, now_ms: int,
+    ) -> Reclaimed:
+        args: list[Any] = [
+            GROUP, consumer, cursor, count, max_deliveries, default_timeout_ms, int(own), now_ms,
+        ]
+        for name, timeout in timeouts_ms.items():
+            args += [name, timeout]
+        nxt, flat, dead = self._scripts["reclaim"](keys=[keys.stream, keys.dead], args=args)
+        entries = [
+            (_s(flat[i]), dict(zip(flat[i + 1][::2], flat[i + 1][1::2], strict=True)))
+            for i in range(0, len(flat), 2)
+        ]
+        return Reclaimed(_s(nxt), entries, int(dead))
+
+    @_translating
+    def lease(self, keys: QueueKeys, consumer: str, ids: Sequence[str], *, hand_back: bool) -> set[str]:
+        """Renew (or hand back) entries still owned; returns the ids owned by someone else now."""
+        if not ids:
+            return set()
+        idle = HANDED_BACK_IDLE_MS if hand_back else 0
+        lost = self._scripts["lease"](keys=[keys.stream], args=[GROUP, consumer, idle, *ids])
+        return {_s(i) for i in lost}
+
+    @_translating
+    def prune(self, keys: QueueKeys, consumer: str, idle_ms: int) -> int:
+        return int(self._scripts["prune"](keys=[keys.stream], args=[GROUP, idle_ms, consumer]))
+
+    @_translating
+    def backlog(self, keys: QueueKeys) -> tuple[int, int, int]:
+        """(entries not yet delivered or still pending, pending, delayed) of a queue."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(keys.stream)
+        pipe.xpending(keys.stream, GROUP)
+        pipe.zcard(keys.delayed)
+        length, pending, delayed = pipe.execute()
+        return int(length), int(pending["pending"]), int(delayed)
+
+    # -- results ---------------------------------------------------------------------------
+
+    @_translating
+    def result_entries(
+        self, key: str, after: str, block_ms: int | None
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Result stream entries after `after`, waiting up to block_ms (None: do not wait)."""
+        reply = self.client.xread({key: after}, block=block_ms)
+        if not reply:
+            return []
+        return [(_s(eid), fields) for eid, fields in reply[0][1]]  # type: ignore[index]
+
+    @_translating
+    def result_last(self, key: str) -> dict[bytes, bytes] | None:
+        found = self.client.xrevrange(key, count=1)
+        return found[0][1] if found else None  # type: ignore[index]
+
+    @_translating
+    def write_status(self, key: str, status: str, ttl_ms: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(key, {"status": status, "data": b""})
+        pipe.pexpire(key, ttl_ms)
+        pipe.execute()
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    @_translating
+    def dead_entries(self, keys: QueueKeys, start: str = "-", count: int | None = None) -> list[Entry]:
+        return [(_s(eid), f) for eid, f in self.client.xrange(keys.dead, min=start, count=count)]  # type: ignore[union-attr]
+
+    @_translating
+    def replay(self, keys: QueueKeys, ids: Iterable[str], now_ms: int) -> list[str]:
+        done = self._scripts["replay"](keys=[keys.dead, keys.stream], args=[now_ms, *ids])
+        return [_s(i) for i in done]
+
+    @_translating
+    def purge(self, keys: QueueKeys, ids: Sequence[str] | None) -> int:
+        if ids is None:
+            length = int(self.client.xlen(keys.dead))  # type: ignore[arg-type]
+            self.client.delete(keys.dead)
+            return length
+        return int(self.client.xdel(keys.dead, *ids)) if ids else 0  # type: ignore[arg-type]
+
+    @_translating
+    def ping(self) -> None:
+        self.client.ping()

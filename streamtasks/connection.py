@@ -1,0 +1,73 @@
+"""Turn a streamtasks URL into a redis-py client: redis://, rediss://, unix://, memory://, embedded://."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from streamtasks.errors import ConfigurationError
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+_memory_servers: dict[str, Any] = {}
+_memory_lock = threading.Lock()
+
+
+def resolve_url(url: str | None) -> str:
+    return url or os.environ.get("STREAMTASKS_URL") or DEFAULT_URL
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for `url`. Reconnecting is left to streamtasks.retrying, so redis-py retries nothing."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return _memory_client(url)
+    if scheme == "embedded":
+        from streamtasks import embedded
+
+        socket = embedded.ensure_server(embedded.data_dir(url))
+        return _client(f"unix://{socket}")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"unsupported URL {url!r}: use redis://, rediss://, unix://, memory:// or embedded://"
+        )
+    return _client(url)
+
+
+def _client(url: str) -> redis.Redis:
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5.0,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+
+
+def _memory_client(url: str) -> redis.Redis:
+    try:
+        import fakeredis
+    except ImportError:
+        raise ConfigurationError(
+            "memory:// needs fakeredis with Lua: pip install 'fakeredis[lua]'"
+        ) from None
+    name = urlsplit(url).netloc or "default"
+    with _memory_lock:
+        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
+    return fakeredis.FakeRedis(server=server)
+
+
+def reset_memory(name: str = "default") -> None:
+    """Forget a memory:// server, so the next client of that name starts empty (for tests)."""
+    with _memory_lock:
+        _memory_servers.pop(name, None)
+

@@ -1,0 +1,33 @@
+"""What a running task can learn about itself: `current_task()`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from streamtasks.errors import StreamTasksError
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    id: str
+    name: str
+    queue: str
+    attempt: int
+    retries_left: int
+    idempotency_key: str | None
+    headers: Mapping[str, Any]
+    worker: str
+
+
+_current: ContextVar[TaskContext | None] = ContextVar("streamtasks_current_task", default=None)
+
+
+def current_task() -> TaskContext:
+    """The context of the task running in this thread; raises outside a task."""
+    context = _current.get()
+    if context is None:
+        raise StreamTasksError("current_task() called outside a running task")
+    return context

@@ -1,0 +1,81 @@
+"""The exception tree of streamtasks; every error the library raises is one of these.
+
+::
+
+    StreamTasksError
+    ├── ConfigurationError      a bad URL, app or queue name, or task option
+    ├── EncodeError (TypeError) arguments msgpack cannot encode, or a message too large
+    ├── DecodeError             a stream entry that is not a valid streamtasks message
+    ├── BrokerUnavailable       Redis could not be reached (after retrying with backoff)
+    ├── TaskError               the task ran and failed, or was dead-lettered
+    ├── TimeoutError            AsyncResult.get() waited longer than its timeout
+    └── TaskControl             raised inside a task to steer what happens next
+        ├── Retry               run again later (counts against max_retries)
+        └── Reject              give up now: move the message to the dead-letter stream
+
+Exceptions from redis-py are translated into these in `streamtasks.broker`, the only module that
+speaks to Redis, so none leaks from the public API.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class StreamTasksError(Exception):
+    """Root of every exception streamtasks raises."""
+
+
+class ConfigurationError(StreamTasksError, ValueError):
+    """A URL, name or option that cannot work."""
+
+
+class EncodeError(StreamTasksError, TypeError):
+    """The call's arguments cannot be put in a message; nothing was enqueued."""
+
+
+class DecodeError(StreamTasksError):
+    """A stream entry is not a message this version of streamtasks can run."""
+
+
+class BrokerUnavailable(StreamTasksError, builtins.ConnectionError):
+    """Redis did not answer, even after retrying with backoff."""
+
+
+class TaskError(StreamTasksError):
+    """The task failed remotely; carries the remote exception's type name, message and traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str, status: str = "FAILURE"):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.status = status
+
+
+class TimeoutError(StreamTasksError, builtins.TimeoutError):
+    """The result was not ready within the timeout."""
+
+
+class TaskControl(StreamTasksError):
+    """Base of the exceptions a task raises on purpose to choose its outcome."""
+
+
+class Retry(TaskControl):
+    """Raise inside a task to run it again later.
+
+    ``countdown`` overrides the task's backoff for this retry, in seconds.
+    """
+
+    def __init__(self, countdown: float | None = None, reason: str = ""):
+        super().__init__(reason or "retry requested")
+        self.countdown = countdown
+        self.reason = reason
+
+
+class Reject(TaskControl):
+    """Raise inside a task to dead-letter its message at once, with a reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

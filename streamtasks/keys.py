@@ -1,0 +1,56 @@
+"""Every Redis key and consumer-group name streamtasks uses, built in one place.
+
+A queue's keys all carry the hash tag ``{queue}``, so each atomic step (one Lua script, which only ever
+touches the keys of one queue) lands on a single Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from streamtasks.errors import ConfigurationError
+
+#: The consumer group every worker of every queue joins.
+GROUP = "streamtasks"
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-:]+$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Reject names that would break a hash tag or a key (braces, spaces, empty)."""
+    if not _NAME.match(name):
+        raise ConfigurationError(
+            f"invalid {kind} name {name!r}: use letters, digits and _ . - : only"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one queue of one app."""
+
+    app: str
+    queue: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.app}:{{{self.queue}}}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self._base}:stream"
+
+    @property
+    def dead(self) -> str:
+        return f"{self._base}:dlq"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self._base}:delayed"
+
+    def result(self, task_id: str) -> str:
+        return f"{self._base}:result:{task_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self._base}:idem:{key}"

@@ -1,0 +1,47 @@
+-- Shared helpers, prepended to every script when it is loaded.
+
+-- Redis runs Lua 5.1, where unpack is global; Lua 5.4 (fakeredis via lupa) keeps it in table.
+local unpack = unpack or table.unpack
+
+-- Split a netstring blob ("3:abc2:de") into a Lua array of strings.
+local function unnet(blob)
+  local out, pos = {}, 1
+  while pos <= #blob do
+    local colon = string.find(blob, ':', pos, true)
+    local n = tonumber(string.sub(blob, pos, colon - 1))
+    out[#out + 1] = string.sub(blob, colon + 1, colon + n)
+    pos = colon + n + 1
+  end
+  return out
+end
+
+local function net(values)
+  local parts = {}
+  for i, v in ipairs(values) do parts[i] = #v .. ':' .. v end
+  return table.concat(parts)
+end
+
+-- The consumer that holds entry `id` in the group's pending list, or false if nobody does.
+-- Every step that finishes an entry checks this first: that is the fence that stops a worker
+-- whose entry was reclaimed by another from acking, retrying or dead-lettering it.
+local function owner(stream, group, id)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] == nil then return false end
+  return p[1][2]
+end
+
+-- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
+local function bury(stream, dlq, id, extra)
+  local fields = {}
+  local found = redis.call('XRANGE', stream, id, id)
+  if found[1] ~= nil then fields = found[1][2] end
+  for _, v in ipairs(extra) do fields[#fields + 1] = v end
+  redis.call('XADD', dlq, '*', unpack(fields))
+end
+
+-- Finish an entry: ack it, then delete it, because acked entries of a task queue are never read
+-- again (each queue has exactly one consumer group) and would otherwise pile up in memory.
+local function finish(stream, group, id)
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+end

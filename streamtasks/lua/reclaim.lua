@@ -1,0 +1,47 @@
+-- Claim entries abandoned by other consumers (crashed, killed, or that handed them back), once
+-- idle past their task's visibility timeout; dead-letter those delivered max_deliveries times.
+-- XPENDING + XCLAIM rather than XAUTOCLAIM because the timeout is per task, so each entry's idle
+-- time must be compared with its own task's timeout before it is taken.
+-- KEYS: stream, dlq
+-- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
+--       this consumer's own entries, whatever their idle time), now ms, then task name, timeout ms, ...
+-- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...}, dead-lettered count}.
+local group, me, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local max_deliveries, default_timeout, own = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local timeouts = {}
+for i = 9, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local pending = redis.call('XPENDING', KEYS[1], group, cursor, '+', count)
+local claimed, dead = {}, 0
+for _, p in ipairs(pending) do
+  local id, holder, idle, deliveries = p[1], p[2], p[3], p[4]
+  local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if entry == nil then
+    -- Trimmed away while pending: there is nothing left to run.
+    redis.call('XACK', KEYS[1], group, id)
+  else
+    local timeout = default_timeout
+    local fields = entry[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'task' and timeouts[fields[j + 1]] then timeout = timeouts[fields[j + 1]] end
+    end
+    local mine = holder == me
+    if (own and mine) or (not mine and idle >= timeout) then
+      if deliveries >= max_deliveries then
+        bury(KEYS[1], KEYS[2], id, {
+          'error_type', 'MaxDeliveriesExceeded',
+          'error', 'delivered ' .. deliveries .. ' times without finishing; a worker died on each',
+          'traceback', '', 'attempts', tostring(deliveries), 'worker', holder,
+          'failed_at', ARGV[8], 'origin_stream', KEYS[1], 'origin_id', id})
+        finish(KEYS[1], group, id)
+        dead = dead + 1
+      else
+        redis.call('XCLAIM', KEYS[1], group, me, 0, id)
+        claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = fields
+      end
+    end
+  end
+end
+local nxt = '-'
+if #pending == count then nxt = '(' .. pending[#pending][1] end
+return {nxt, claimed, dead}

@@ -1,0 +1,139 @@
+"""The message envelope and its wire format: what one stream entry holds (schema_version lives here).
+
+A message is a flat stream entry, readable with XRANGE and writable with a plain XADD from any language
+(see docs/protocol.md)::
+
+    schema_version   "1"
+    id               task id (any unique string; streamtasks uses 32 hex digits)
+    task             registered task name, e.g. "shop.place_order"
+    call             msgpack map {"args": [...], "kwargs": {...}, "headers": {...}}
+    attempt          optional; retries so far, default "0"
+    idempotency_key  optional
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from streamtasks.errors import DecodeError, EncodeError
+
+SCHEMA_VERSION = "1"
+
+Fields = dict[str, bytes | str]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task invocation, as enqueued."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+    idempotency_key: str | None = None
+
+    def retried(self) -> Message:
+        """The same call, one attempt later."""
+        return Message(
+            self.id, self.task, self.args, self.kwargs, self.headers,
+            self.attempt + 1, self.idempotency_key,
+        )
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode, turning msgpack's own complaint into EncodeError."""
+    try:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode(message: Message, max_bytes: int | None = None) -> Fields:
+    """The stream fields of a message; raises EncodeError when it cannot be sent."""
+    call = pack(
+        {"args": list(message.args), "kwargs": dict(message.kwargs), "headers": dict(message.headers)}
+    )
+    if max_bytes is not None and len(call) > max_bytes:
+        raise EncodeError(
+            f"message for {message.task} is {len(call)} bytes, over the limit of {max_bytes}; "
+            "pass a reference (an id, a URL) instead of the data"
+        )
+    fields: Fields = {
+        "schema_version": SCHEMA_VERSION,
+        "id": message.id,
+        "task": message.task,
+        "call": call,
+    }
+    if message.attempt:
+        fields["attempt"] = str(message.attempt)
+    if message.idempotency_key is not None:
+        fields["idempotency_key"] = message.idempotency_key
+    return fields
+
+
+def _text(fields: Mapping[bytes, bytes], name: str) -> str:
+    raw = fields.get(name.encode())
+    if raw is None:
+        raise DecodeError(f"missing field {name!r}")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise DecodeError(f"field {name!r} is not UTF-8") from None
+
+
+def decode(fields: Mapping[bytes, bytes]) -> Message:
+    """Parse stream fields into a Message, or raise DecodeError saying what is wrong."""
+    version = fields.get(b"schema_version")
+    if version is None:
+        raise DecodeError("not a streamtasks message: no schema_version field")
+    if version != SCHEMA_VERSION.encode():
+        raise DecodeError(
+            f"unknown schema_version {version!r}; this worker reads {SCHEMA_VERSION!r}"
+        )
+    task_id = _text(fields, "id")
+    name = _text(fields, "task")
+    raw_call = fields.get(b"call")
+    if raw_call is None:
+        raise DecodeError("missing field 'call'")
+    try:
+        call = unpack(raw_call)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"field 'call' is not msgpack: {exc}") from None
+    if not isinstance(call, dict):
+        raise DecodeError("field 'call' must be a msgpack map")
+    args, kwargs, headers = call.get("args", []), call.get("kwargs", {}), call.get("headers", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(headers, dict):
+        raise DecodeError("field 'call' needs args as an array and kwargs, headers as maps")
+    try:
+        attempt = int(fields.get(b"attempt", b"0"))
+    except ValueError:
+        raise DecodeError("field 'attempt' is not an integer") from None
+    key = fields.get(b"idempotency_key")
+    return Message(
+        task_id, name, tuple(args), kwargs, headers, attempt,
+        None if key is None else key.decode(errors="replace"),
+    )
+
+
+def netstring(values: list[bytes | str]) -> bytes:
+    """Length-prefixed concatenation that the Lua scripts can split without a msgpack library."""
+    out = bytearray()
+    for value in values:
+        data = value.encode() if isinstance(value, str) else value
+        out += b"%d:" % len(data)
+        out += data
+    return bytes(out)
+
+
+def flatten(fields: Fields) -> list[bytes | str]:
+    return [item for pair in fields.items() for item in pair]

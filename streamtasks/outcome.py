@@ -1,0 +1,148 @@
+"""From a fetched entry and the outcome of its run to the settle record that applies it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streamtasks.broker import SettleRecord
+from streamtasks.errors import DecodeError, EncodeError
+from streamtasks.keys import QueueKeys
+from streamtasks.message import Message, decode, netstring, pack
+from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, RetryLater, Succeeded
+
+if TYPE_CHECKING:
+    from streamtasks.context import TaskContext
+    from streamtasks.task import Task, TaskOptions
+
+
+@dataclass(eq=False)
+class Delivery:
+    """An entry this worker holds, from fetch until its outcome is settled."""
+
+    keys: QueueKeys
+    entry_id: str
+    fields: dict[bytes, bytes]
+    message: Message | None
+    task: Task[Any, Any] | None
+    problem: ErrorInfo | None
+    started: bool = False
+    settling: bool = False
+
+    @classmethod
+    def parse(
+        cls, keys: QueueKeys, entry_id: str, fields: dict[bytes, bytes],
+        tasks: Mapping[str, Task[Any, Any]],
+    ) -> Delivery:
+        try:
+            message = decode(fields)
+        except DecodeError as exc:
+            return cls(keys, entry_id, fields, None, None, ErrorInfo("DecodeError", str(exc), ""))
+        task = tasks.get(message.task)
+        if task is None:
+            problem = ErrorInfo(
+                "UnknownTask", f"no task named {message.task!r} is registered in this worker", ""
+            )
+            return cls(keys, entry_id, fields, message, None, problem)
+        return cls(keys, entry_id, fields, message, task, None)
+
+    @property
+    def task_id(self) -> str:
+        return self.message.id if self.message else self.entry_id
+
+    @property
+    def task_name(self) -> str:
+        return self.message.task if self.message else "?"
+
+    @property
+    def options(self) -> TaskOptions | None:
+        return self.task.options if self.task else None
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A record for the settler; `final` ones end the delivery, an ack on receipt does not."""
+
+    delivery: Delivery
+    record: SettleRecord
+    status: str
+    final: bool = True
+
+
+def _result_key(d: Delivery) -> str | None:
+    # An unregistered task still gets a DEAD result, so a producer waiting on it learns why.
+    if d.message is None or (d.options is not None and d.options.ignore_result):
+        return None
+    return d.keys.result(d.message.id)
+
+
+def _dead_fields(d: Delivery, error: ErrorInfo, context: TaskContext, now: float) -> bytes:
+    return netstring([
+        "error_type", error.type_name, "error", error.message, "traceback", error.traceback,
+        "attempts", str(context.attempt + 1), "worker", context.worker,
+        "failed_at", str(int(now * 1000)), "origin_stream", d.keys.stream,
+        "origin_id", d.entry_id,
+    ])
+
+
+def record_for(
+    d: Delivery, outcome: Outcome, context: TaskContext, *, now: float, result_ttl: float,
+    idempotency_ttl: float,
+) -> Settle:
+    """The settle record that applies `outcome` to the entry behind `d`."""
+    rkey = _result_key(d)
+    ttl_ms = int(result_ttl * 1000)
+    if isinstance(outcome, Succeeded):
+        try:
+            data = pack(outcome.value) if rkey is not None else b""
+        except EncodeError as exc:
+            outcome = Failed(ErrorInfo.of(exc))
+        else:
+            key = d.message.idempotency_key if d.message else None
+            record = SettleRecord(
+                d.entry_id, "a", rkey, ttl_ms, "SUCCESS", data,
+                None if key is None else d.keys.idempotency(key), str(int(idempotency_ttl * 1000)),
+            )
+            return _late(d, record, "SUCCESS")
+    if isinstance(outcome, Failed):
+        data = pack(outcome.error.as_dict())
+        return _late(d, SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data), "FAILURE")
+    if isinstance(outcome, RetryLater):
+        due_ms = int((now + outcome.delay) * 1000)
+        fields = dict(d.fields)
+        fields[b"attempt"] = str(context.attempt + 1).encode()
+        extra = b"%d:" % due_ms + netstring([x for pair in fields.items() for x in pair])
+        data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": context.attempt})
+        return _late(d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra),
+                     "RETRY")
+    assert isinstance(outcome, DeadLetter)
+    data = pack(outcome.error.as_dict())
+    extra = _dead_fields(d, outcome.error, context, now)
+    return _late(d, SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, None, extra), "DEAD")
+
+
+def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
+    """For a task acked on receipt, the final record must neither fence nor ack again."""
+    if d.options is not None and not d.options.acks_late:
+        record = SettleRecord(
+            record.entry_id, record.action.upper(), record.result_key, record.result_ttl_ms,
+            record.status, record.data, record.idempotency_key, record.extra,
+        )
+    return Settle(d, record, status)
+
+
+def refused(d: Delivery, context: TaskContext, now: float, result_ttl: float) -> Settle:
+    """An entry that cannot run (undecodable, unknown task or schema): dead-letter it unrun."""
+    assert d.problem is not None
+    return record_for(d, DeadLetter(d.problem), context, now=now, result_ttl=result_ttl,
+                      idempotency_ttl=0)
+
+
+def skipped(d: Delivery) -> Settle:
+    """A redelivered entry whose idempotency key is already done: ack it without running."""
+    return Settle(d, SettleRecord(d.entry_id, "a"), "SKIPPED")
+
+
+def early_ack(d: Delivery) -> Settle:
+    return Settle(d, SettleRecord(d.entry_id, "e"), "ACKED", final=False)

@@ -1,0 +1,99 @@
+"""Retry and dead-letter policy as pure functions: a finished run goes in, an outcome comes out.
+
+Nothing here touches Redis or the clock; the worker applies the outcome in one atomic step.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streamtasks.errors import Reject, Retry
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    jitter: bool = True
+    autoretry_for: tuple[type[BaseException], ...] = ()
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type_name: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc), text)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type_name, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The task raised an exception it does not retry: recorded as FAILURE, acked."""
+
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    delay: float
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Give up: copy the entry to the dead-letter stream (status DEAD)."""
+
+    error: ErrorInfo
+
+
+Outcome = Succeeded | Failed | RetryLater | DeadLetter
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, jitter: bool, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait before retry number `attempt` + 1 (attempt counts from 0).
+
+    The delay doubles each attempt from `base`, up to `cap`. With jitter it is drawn uniformly from
+    the upper half, [d/2, d], which spreads a burst of retries without ever retrying at once.
+    """
+    delay = min(cap, base * 2.0 ** min(attempt, 62))
+    return delay * (0.5 + rand() / 2) if jitter else delay
+
+
+def decide(
+    policy: RetryPolicy, attempt: int, exc: BaseException | None, value: Any = None,
+    rand: Callable[[], float] = random.random,
+) -> Outcome:
+    """The outcome of a run that returned `value` or raised `exc`, on attempt `attempt`."""
+    if exc is None:
+        return Succeeded(value)
+    if isinstance(exc, Reject):
+        return DeadLetter(ErrorInfo.of(exc))
+    if isinstance(exc, Retry) or isinstance(exc, policy.autoretry_for):
+        if attempt >= policy.max_retries:
+            return DeadLetter(ErrorInfo.of(exc))
+        countdown = exc.countdown if isinstance(exc, Retry) else None
+        if countdown is None:
+            countdown = backoff_delay(
+                attempt, policy.backoff, policy.backoff_max, policy.jitter, rand
+            )
+        return RetryLater(countdown, ErrorInfo.of(exc))
+    return Failed(ErrorInfo.of(exc))

@@ -1,0 +1,78 @@
+"""AsyncResult: the handle `.delay()` returns, waiting on the task's result stream (no polling)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from streamtasks import retrying
+from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
+from streamtasks.message import unpack
+
+if TYPE_CHECKING:
+    from streamtasks.app import App
+
+R = TypeVar("R")
+
+PENDING, STARTED, RETRY = "PENDING", "STARTED", "RETRY"
+SUCCESS, FAILURE, DEAD = "SUCCESS", "FAILURE", "DEAD"
+READY_STATES = frozenset({SUCCESS, FAILURE, DEAD})
+
+# Longest single blocking read: a dropped connection is noticed at least this often.
+_MAX_BLOCK_MS = 5_000
+
+
+class AsyncResult(Generic[R]):
+    """The state and eventual value of one task run."""
+
+    def __init__(self, app: App, id: str, queue: str, *, ignore_result: bool = False):
+        self.app = app
+        self.id = id
+        self.queue = queue
+        self.ignore_result = ignore_result
+        self._key = app.keys(queue).result(id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} queue={self.queue}>"
+
+    @property
+    def status(self) -> str:
+        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or DEAD."""
+        fields = retrying.call(
+            lambda: self.app.broker.result_last(self._key), self.app.outage,
+            give_up_after=self.app.enqueue_timeout,
+        )
+        return PENDING if fields is None else fields[b"status"].decode()
+
+    def ready(self) -> bool:
+        return self.status in READY_STATES
+
+    def get(self, timeout: float | None = None) -> R:
+        """Wait for the task to finish; return its value or raise TaskError (FAILURE or DEAD).
+
+        Raises streamtasks.TimeoutError when `timeout` seconds pass first.
+        """
+        if self.ignore_result:
+            raise StreamTasksError(f"task {self.id} was sent with ignore_result: no result to get")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = "0-0"
+        while True:
+            block = _MAX_BLOCK_MS
+            if deadline is not None:
+                block = min(block, int((deadline - time.monotonic()) * 1000))
+                if block <= 0:
+                    raise TimeoutError(f"task {self.id} not ready after {timeout}s")
+            entries = retrying.call(
+                lambda after=after, block=block: self.app.broker.result_entries(  # type: ignore[misc]
+                    self._key, after, block
+                ),
+                self.app.outage, give_up_after=None if deadline is None else timeout,
+            )
+            for entry_id, fields in entries:
+                after = entry_id
+                status = fields[b"status"].decode()
+                if status == SUCCESS:
+                    return unpack(fields[b"data"])  # type: ignore[no-any-return]
+                if status in (FAILURE, DEAD):
+                    error: dict[str, Any] = unpack(fields[b"data"])
+                    raise TaskError(error["type"], error["message"], error["traceback"], status)

@@ -1,0 +1,460 @@
+"""The worker: fetch entries, run them on a thread pool, decide each outcome, settle them in batches.
+
+Threads of one worker:
+- the fetcher (the caller of `run`/`drain`) reads new entries with XREADGROUP, never more than the
+  pool can start soon;
+- `concurrency` executors run tasks and turn each run into a settle record (`outcome.py`);
+- the settler applies finished records, many per round trip, with the fenced `settle` script;
+- the keeper promotes due delayed messages, reclaims abandoned entries, renews the leases of held
+  entries and prunes idle consumers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from streamtasks import retrying
+from streamtasks.broker import Entry
+from streamtasks.context import TaskContext, _current
+from streamtasks.errors import BrokerUnavailable, ConfigurationError, TimeoutError
+from streamtasks.keys import QueueKeys
+from streamtasks.outcome import Delivery, Settle, early_ack, record_for, refused, skipped
+from streamtasks.policy import decide
+
+if TYPE_CHECKING:
+    from streamtasks.app import App
+
+log = logging.getLogger(__name__)
+
+# How long ahead the fetcher looks: it holds at most what the pool is expected to start this soon.
+_SOON = 0.05
+_MAX_PREFETCH = 200
+_SETTLE_BATCH = 500
+_STOP: Any = object()
+_worker_numbers = itertools.count()
+
+
+def default_name() -> str:
+    number = next(_worker_numbers)
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    return base if number == 0 else f"{base}-{number}"
+
+
+class Worker:
+    """Runs the tasks of `app` from `queues` (default: every queue with a registered task).
+
+    `run()` blocks until `stop()`; `drain()` returns once every queue it serves is empty and nothing
+    is in flight. Durations are in seconds.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 1,
+        *,
+        name: str | None = None,
+        shutdown_timeout: float = 30.0,
+        block: float = 1.0,
+        reclaim_interval: float = 0.5,
+        promote_interval: float = 0.05,
+        prune_idle: float = 3600.0,
+    ):
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        self.app = app
+        names = list(queues or app.queues or [app.default_queue])
+        self.queues = [app.check_queue(q) for q in names]
+        self.concurrency = concurrency
+        self.name = name or default_name()
+        self.shutdown_timeout = shutdown_timeout
+        self.block = block
+        self.reclaim_interval = reclaim_interval
+        self.promote_interval = promote_interval
+        self.prune_idle = prune_idle
+        self._keys = {app.keys(q).stream: app.keys(q) for q in self.queues}
+        self._timeouts_ms = {
+            t.name: int(t.options.visibility_timeout * 1000)
+            for t in app.tasks.values() if t.options.visibility_timeout is not None
+        }
+        shortest = min([app.visibility_timeout, *(t / 1000 for t in self._timeouts_ms.values())])
+        self._lease_every = shortest / 3
+        self.outage = retrying.Outage(f"worker {self.name}")
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._keeper_stop = threading.Event()
+        self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._settles: queue.SimpleQueue[Settle] = queue.SimpleQueue()
+        self._held: dict[tuple[str, str], Delivery] = {}
+        self._changed = threading.Condition()
+        self._avg_run = 1.0
+        self._threads: list[threading.Thread] = []
+        self._cursors: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the queues until `stop()`, then finish in-flight tasks and return."""
+        self._serve(until_idle=False, deadline=None)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Serve until every queue is empty (nothing queued, delayed, or pending) and nothing is in
+        flight; raises streamtasks.TimeoutError if that takes longer than `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._serve(until_idle=True, deadline=deadline)
+
+    def stop(self) -> None:
+        """Stop reading; in-flight tasks finish (within shutdown_timeout) and are acked."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _serve(self, until_idle: bool, deadline: float | None) -> None:
+        self._stop.clear()
+        log.info("worker %s serving %s with %d threads", self.name, ", ".join(self.queues),
+                 self.concurrency, extra={"worker": self.name})
+        try:
+            self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
+            self._start_threads()
+            self._recover_own()
+            timed_out = self._fetch_loop(until_idle, deadline)
+        finally:
+            self._shutdown()
+        if timed_out:
+            raise TimeoutError(f"queues {self.queues} not drained in time")
+
+    def _start_threads(self) -> None:
+        self._keeper_stop.clear()
+        self._threads = [
+            threading.Thread(target=self._execute_loop, name=f"{self.name}-exec-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._settle_loop, name=f"{self.name}-settle", daemon=True)
+        )
+        self._threads.append(
+            threading.Thread(target=self._keeper_loop, name=f"{self.name}-keeper", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    def _shutdown(self) -> None:
+        unstarted = []
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                unstarted.append(item)
+        self._hand_back(unstarted, "not started")
+        executors, settler, keeper = self._threads[:-2], self._threads[-2], self._threads[-1]
+        for _ in executors:
+            self._work.put(None)
+        deadline = time.monotonic() + self.shutdown_timeout
+        for thread in executors:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._changed:
+            stuck = [d for d in self._held.values() if d.started and not d.settling]
+        self._hand_back(stuck, f"still running after {self.shutdown_timeout}s")
+        self._settles.put(_STOP)
+        settler.join(max(1.0, deadline - time.monotonic()))
+        self._keeper_stop.set()
+        keeper.join()
+        log.info("worker %s stopped", self.name, extra={"worker": self.name})
+
+    def _hand_back(self, deliveries: list[Delivery], why: str) -> None:
+        """Give entries back at once so other workers take them without waiting for a timeout."""
+        if not deliveries:
+            return
+        log.warning("worker %s handing back %d entries (%s)", self.name, len(deliveries), why,
+                    extra={"worker": self.name})
+        for keys, group in _by_queue(deliveries):
+            try:
+                retrying.call(
+                    lambda k=keys, g=group: self.app.broker.lease(  # type: ignore[misc]
+                        k, self.name, [d.entry_id for d in g], hand_back=True
+                    ),
+                    self.outage, give_up_after=2.0,
+                )
+            except BrokerUnavailable:
+                log.warning("could not hand back entries; they return after the visibility timeout")
+        self._release(deliveries)
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def _io(self, fn: Callable[[], Any]) -> Any:
+        """Call Redis, riding out outages until it answers or the worker is stopped."""
+        return retrying.call(fn, self.outage, stop=self._stop)
+
+    def _fetch_loop(self, until_idle: bool, deadline: float | None) -> bool:
+        """Read and dispatch until stopped (or idle / past the deadline); True if timed out."""
+        streams = list(self._keys)
+        block_ms = 50 if until_idle else int(self.block * 1000)
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return True
+            room = self._wait_for_room()
+            if room <= 0:
+                continue
+            count = max(1, -(-room // len(streams)))
+            try:
+                batches = self._io(
+                    lambda: self.app.broker.read(streams, self.name, count, block_ms)
+                )
+            except BrokerUnavailable:
+                break
+            for stream, entries in batches:
+                self._accept(self._keys[stream], entries)
+            if until_idle and not batches and self._idle():
+                break
+        return False
+
+    def _capacity(self) -> int:
+        prefetch = int(self.concurrency * _SOON / max(self._avg_run, 1e-6))
+        return self.concurrency + min(_MAX_PREFETCH, prefetch)
+
+    def _wait_for_room(self) -> int:
+        with self._changed:
+            while not self._stop.is_set() and len(self._held) >= self._capacity():
+                self._changed.wait(0.5)
+            return self._capacity() - len(self._held)
+
+    def _idle(self) -> bool:
+        with self._changed:
+            if self._held:
+                return False
+        for keys in self._keys.values():
+            length, _, delayed = self._io(lambda k=keys: self.app.broker.backlog(k))
+            if length or delayed:
+                return False
+        return True
+
+    def _recover_own(self) -> None:
+        """Re-run what this consumer (same name) held when it last stopped."""
+        for keys in self._keys.values():
+            cursor = "-"
+            while True:
+                found = self._io(lambda k=keys, c=cursor: self._reclaim(k, c, own=True))
+                cursor = found.cursor
+                if cursor == "-":
+                    break
+
+    def _reclaim(self, keys: QueueKeys, cursor: str, own: bool = False) -> Any:
+        found = self.app.broker.reclaim(
+            keys, self.name, cursor=cursor, count=100, max_deliveries=self.app.max_deliveries,
+            default_timeout_ms=int(self.app.visibility_timeout * 1000),
+            timeouts_ms=self._timeouts_ms, own=own, now_ms=int(self.app.clock() * 1000),
+        )
+        if found.entries:
+            log.warning("worker %s took over %d abandoned entries of %s", self.name,
+                        len(found.entries), keys.queue, extra={"worker": self.name})
+            self._accept(keys, found.entries)
+        if found.dead:
+            log.warning("%d entries of %s dead-lettered after %d deliveries", found.dead,
+                        keys.queue, self.app.max_deliveries, extra={"queue": keys.queue})
+        return found
+
+    def _accept(self, keys: QueueKeys, entries: list[Entry]) -> None:
+        """Hold fetched entries and send each to the pool, or settle it at once if it cannot run."""
+        deliveries = [Delivery.parse(keys, eid, fields, self.app.tasks) for eid, fields in entries]
+        with self._changed:
+            for d in deliveries:
+                self._held[(keys.stream, d.entry_id)] = d
+        keyed = [d for d in deliveries if d.message and d.message.idempotency_key is not None]
+        done: set[int] = set()
+        if keyed:
+            flags = self._io(lambda: self.app.broker.done_flags(
+                [keys.idempotency(d.message.idempotency_key) for d in keyed]  # type: ignore[union-attr, arg-type]
+            ))
+            done = {id(d) for d, flag in zip(keyed, flags, strict=True) if flag}
+        for d in deliveries:
+            if d.problem is not None:
+                log.warning("dead-lettering entry %s of %s: %s", d.entry_id, keys.queue,
+                            d.problem.message, extra={"queue": keys.queue, "entry_id": d.entry_id})
+                self._settles.put(refused(d, self._context(d), self.app.clock(),
+                                          self.app.result_ttl))
+            elif id(d) in done:
+                log.info("%s[%s] already done under key %s; not run again", d.task_name,
+                         d.task_id, d.message.idempotency_key,  # type: ignore[union-attr]
+                         extra={"task_id": d.task_id})
+                self._settles.put(skipped(d))
+            else:
+                if not d.options.acks_late:  # type: ignore[union-attr]
+                    self._settles.put(early_ack(d))
+                self._work.put(d)
+
+    # -- executing -------------------------------------------------------------------------
+
+    def _execute_loop(self) -> None:
+        while True:
+            d = self._work.get()
+            if d is None:
+                return
+            self._settles.put(self._execute(d))
+
+    def _execute(self, d: Delivery) -> Settle:
+        message, task = d.message, d.task
+        assert message is not None and task is not None
+        context = self._context(d)
+        d.started = True
+        if task.options.track_started and not task.options.ignore_result:
+            self._io(lambda: self.app.broker.write_status(
+                d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
+            ))
+        token = _current.set(context)
+        began = time.perf_counter()
+        try:
+            value, exc = task.fn(*message.args, **message.kwargs), None
+        except Exception as error:
+            value, exc = None, error
+        finally:
+            _current.reset(token)
+        took = time.perf_counter() - began
+        self._avg_run = 0.8 * self._avg_run + 0.2 * took
+        outcome = decide(task.options.retry, message.attempt, exc, value)
+        log.info("%s[%s] %s in %.4fs", task.name, message.id, type(outcome).__name__, took,
+                 extra={"task_id": message.id, "task": task.name, "seconds": took})
+        return record_for(d, outcome, context, now=self.app.clock(),
+                          result_ttl=self.app.result_ttl, idempotency_ttl=self.app.idempotency_ttl)
+
+    def _context(self, d: Delivery) -> TaskContext:
+        attempt = d.message.attempt if d.message else 0
+        retries = d.options.retry.max_retries if d.options else 0
+        return TaskContext(
+            id=d.task_id, name=d.task_name, queue=d.keys.queue, attempt=attempt,
+            retries_left=max(0, retries - attempt),
+            idempotency_key=d.message.idempotency_key if d.message else None,
+            headers=d.message.headers if d.message else {}, worker=self.name,
+        )
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settle_loop(self) -> None:
+        while True:
+            first = self._settles.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < _SETTLE_BATCH:
+                try:
+                    item = self._settles.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._settle(batch)
+                    return
+                batch.append(item)
+            self._settle(batch)
+
+    def _settle(self, batch: list[Settle]) -> None:
+        for keys, group in _by_queue(batch, lambda s: s.delivery):
+            for s in group:
+                s.delivery.settling = s.final
+            try:
+                applied = retrying.call(
+                    lambda k=keys, g=group: self.app.broker.settle(  # type: ignore[misc]
+                        k, self.name, [s.record for s in g]
+                    ),
+                    self.outage, stop=self._abort,
+                )
+            except BrokerUnavailable:
+                return
+            for s, ok in zip(group, applied, strict=True):
+                if not ok:
+                    log.warning(
+                        "%s[%s] finished as %s but another worker took it over meanwhile; "
+                        "its outcome was not applied", s.delivery.task_name, s.delivery.task_id,
+                        s.status, extra={"task_id": s.delivery.task_id},
+                    )
+            self._release([s.delivery for s in group if s.final])
+
+    def _release(self, deliveries: list[Delivery]) -> None:
+        with self._changed:
+            for d in deliveries:
+                self._held.pop((d.keys.stream, d.entry_id), None)
+            self._changed.notify_all()
+
+    # -- keeping: delayed messages, abandoned entries, leases, idle consumers -----------------
+
+    def _keeper_loop(self) -> None:
+        now = time.monotonic()
+        due = {"promote": now, "reclaim": now + self.reclaim_interval,
+               "lease": now + self._lease_every, "prune": now + 60.0}
+        every = {"promote": self.promote_interval, "reclaim": self.reclaim_interval,
+                 "lease": self._lease_every, "prune": 60.0}
+        jobs = {"promote": self._promote, "reclaim": self._reclaim_abandoned,
+                "lease": self._renew_leases, "prune": self._prune}
+        while not self._keeper_stop.is_set():
+            now = time.monotonic()
+            for job, at in due.items():
+                if now < at:
+                    continue
+                due[job] = now + every[job]
+                try:
+                    jobs[job]()
+                    self.outage.recovered()
+                except BrokerUnavailable as exc:
+                    self.outage.failed(exc)
+                    due[job] = now + min(5.0, 4 * every[job])
+                except Exception:
+                    log.exception("worker %s: %s failed; will try again", self.name, job)
+            self._keeper_stop.wait(max(0.0, min(due.values()) - time.monotonic()))
+
+    def _promote(self) -> None:
+        now_ms = int(self.app.clock() * 1000)
+        for keys in self._keys.values():
+            moved, _ = self.app.broker.promote(keys, now_ms)
+            if moved:
+                log.debug("moved %d due messages into %s", moved, keys.queue)
+
+    def _reclaim_abandoned(self) -> None:
+        if self._stop.is_set():
+            return
+        for keys in self._keys.values():
+            with self._changed:
+                room = self._capacity() - len(self._held)
+            if room <= 0:
+                return
+            cursor = self._cursors.get(keys.stream, "-")
+            self._cursors[keys.stream] = self._reclaim(keys, cursor).cursor
+
+    def _renew_leases(self) -> None:
+        with self._changed:
+            held = [d for d in self._held.values() if d.options is None or d.options.acks_late]
+        for keys, group in _by_queue(held):
+            lost = self.app.broker.lease(keys, self.name, [d.entry_id for d in group],
+                                         hand_back=False)
+            for d in group:
+                if d.entry_id in lost:
+                    log.warning("%s[%s] was taken over by another worker while held here",
+                                d.task_name, d.task_id, extra={"task_id": d.task_id})
+
+    def _prune(self) -> None:
+        for keys in self._keys.values():
+            removed = self.app.broker.prune(keys, self.name, int(self.prune_idle * 1000))
+            if removed:
+                log.info("removed %d idle consumers from %s", removed, keys.queue)
+
+
+def _by_queue(items: list[Any], delivery: Callable[[Any], Delivery] = lambda d: d) -> list[
+    tuple[QueueKeys, list[Any]]
+]:
+    groups: dict[str, tuple[QueueKeys, list[Any]]] = {}
+    for item in items:
+        keys = delivery(item).keys
+        groups.setdefault(keys.stream, (keys, []))[1].append(item)
+    return list(groups.values())
