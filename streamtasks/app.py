@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from streamtasks.broker import Broker
 from streamtasks.connection import connect, resolve_url
+from streamtasks.deadletters import DeadLetters
 from streamtasks.errors import ConfigurationError
 from streamtasks.keys import QueueKeys, check_name
 from streamtasks.policy import RetryPolicy
@@ -163,6 +164,10 @@ class App:
         from streamtasks.worker import Worker
 
         return Worker(self, queues, concurrency, **options)
+
+    def dead_letters(self, queue: str | None = None) -> DeadLetters:
+        """The dead-letter stream of `queue`: list, get, replay, purge."""
+        return DeadLetters(self, queue or self.default_queue)
 
     def close(self) -> None:
         """Close the connection pool (a later call opens a new one)."""

@@ -259,10 +259,15 @@ class Broker:
     @_translating
     def purge(self, keys: QueueKeys, ids: Sequence[str] | None) -> int:
         if ids is None:
-            length = int(self.client.xlen(keys.dead))  # type: ignore[arg-type]
-            self.client.delete(keys.dead)
-            return length
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xlen(keys.dead)
+            pipe.delete(keys.dead)
+            return int(pipe.execute()[0])
         return int(self.client.xdel(keys.dead, *ids)) if ids else 0  # type: ignore[arg-type]
+
+    @_translating
+    def dead_count(self, keys: QueueKeys) -> int:
+        return int(self.client.xlen(keys.dead))  # type: ignore[arg-type]
 
     @_translating
     def ping(self) -> None:

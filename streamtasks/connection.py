@@ -41,14 +41,11 @@ def connect(url: str) -> redis.Redis:
 
 
 def _client(url: str) -> redis.Redis:
+    options: dict[str, Any] = {"socket_connect_timeout": 5.0, "health_check_interval": 30}
+    if not url.startswith("unix:"):
+        options["socket_keepalive"] = True
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5.0,
-            socket_keepalive=True,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 0),
-        )
+        return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
 

@@ -1,0 +1,224 @@
+"""The `streamtasks` command: a thin click layer over the library; logging is configured here only."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import click
+
+from streamtasks.app import App
+from streamtasks.errors import StreamTasksError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def load_app(target: str) -> App:
+    """Import `module:attribute` (attribute defaults to `app`) and return the App it names."""
+    module_name, _, attribute = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise click.BadParameter(
+            f"{module_name!r} has no streamtasks App named {attribute or 'app'!r}"
+        )
+    return app
+
+
+class AppParam(click.ParamType):
+    name = "module:app"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> App:
+        if isinstance(value, App):
+            return value
+        try:
+            return load_app(value)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+APP = click.option("-A", "--app", "app", type=AppParam(), required=True,
+                   help="The App to use, as module:attribute (e.g. shop.tasks:app).")
+URL = click.option("--url", help="Redis URL; overrides the app's own and STREAMTASKS_URL.")
+
+
+def _use_url(app: App, url: str | None) -> App:
+    if url:
+        app.url = url
+    return app
+
+
+def _queues(value: str | None) -> list[str] | None:
+    return [q.strip() for q in value.split(",") if q.strip()] if value else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamtasks")
+def main() -> None:
+    """streamtasks: a task queue on Redis Streams."""
+
+
+@main.command()
+@APP
+@click.option("-Q", "--queues", help="Comma-separated queues to serve (default: all the app's).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads per process running tasks.")
+@click.option("-p", "--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes, supervised: one that dies is restarted.")
+@URL
+@click.option("-n", "--name", help="Consumer name (default host-pid). Keep it stable across "
+              "restarts and a worker first re-runs what it held when it last stopped.")
+@click.option("-l", "--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds in-flight tasks get to finish after SIGTERM before being handed back.")
+def worker(app: App, queues: str | None, concurrency: int, processes: int, url: str | None,
+           name: str | None, loglevel: str, shutdown_timeout: float) -> None:
+    """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; a second one exits at once."""
+    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    if processes > 1:
+        from streamtasks.supervisor import supervise
+
+        sys.exit(supervise(sys.argv, processes, name))
+    try:
+        w = _use_url(app, url).Worker(_queues(queues), concurrency, name=name,
+                                      shutdown_timeout=shutdown_timeout)
+    except StreamTasksError as exc:
+        raise click.UsageError(str(exc)) from exc
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            logging.getLogger(__name__).warning("second signal: exiting now, unfinished entries "
+                                                "stay pending for another worker")
+            os._exit(128 + signum)
+        stopping = True
+        logging.getLogger(__name__).info("signal %d: finishing in-flight tasks", signum)
+        w.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    w.run()
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge a queue's dead-letter stream."""
+
+
+QUEUE = click.option("-Q", "--queue", help="The queue (default: the app's default queue).")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@dlq.command("list")
+@APP
+@QUEUE
+@URL
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@AS_JSON
+def dlq_list(app: App, queue: str | None, url: str | None, limit: int, as_json: bool) -> None:
+    """List dead-lettered messages, oldest first."""
+    letters = _use_url(app, url).dead_letters(queue).list(limit)
+    if as_json:
+        click.echo(json.dumps([d.as_dict() for d in letters], indent=2, default=repr))
+        return
+    for d in letters:
+        click.echo(f"{d.id}  {d.task}  attempts={d.get('attempts') or '?'}  {d.reason[:120]}")
+    click.echo(f"{len(letters)} dead-lettered message(s)", err=True)
+
+
+@dlq.command("show")
+@APP
+@QUEUE
+@URL
+@click.option("--id", "entry_id", required=True, help="The dead-letter entry id.")
+@AS_JSON
+def dlq_show(app: App, queue: str | None, url: str | None, entry_id: str, as_json: bool) -> None:
+    """Show one dead-lettered message in full."""
+    letter = _use_url(app, url).dead_letters(queue).get(entry_id)
+    if letter is None:
+        raise click.ClickException(f"no dead-lettered message {entry_id}")
+    data = letter.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=repr))
+        return
+    for key, value in data.items():
+        click.echo(f"{key}: {value}")
+
+
+def _selection(entry_ids: tuple[str, ...], everything: bool) -> list[str] | None:
+    if bool(entry_ids) == everything:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    return None if everything else list(entry_ids)
+
+
+@dlq.command("replay")
+@APP
+@QUEUE
+@URL
+@click.option("--id", "entry_ids", multiple=True, help="Entry id to replay (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Replay every dead-lettered message.")
+@AS_JSON
+def dlq_replay(app: App, queue: str | None, url: str | None, entry_ids: tuple[str, ...],
+               everything: bool, as_json: bool) -> None:
+    """Re-enqueue dead-lettered messages with their attempts reset."""
+    done = _use_url(app, url).dead_letters(queue).replay(_selection(entry_ids, everything))
+    click.echo(json.dumps({"replayed": done}) if as_json else f"replayed {len(done)} message(s)")
+
+
+@dlq.command("purge")
+@APP
+@QUEUE
+@URL
+@click.option("--id", "entry_ids", multiple=True, help="Entry id to delete (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Delete every dead-lettered message.")
+@AS_JSON
+def dlq_purge(app: App, queue: str | None, url: str | None, entry_ids: tuple[str, ...],
+              everything: bool, as_json: bool) -> None:
+    """Delete dead-lettered messages for good."""
+    count = _use_url(app, url).dead_letters(queue).purge(_selection(entry_ids, everything))
+    click.echo(json.dumps({"purged": count}) if as_json else f"purged {count} message(s)")
+
+
+@main.command()
+@APP
+@URL
+@AS_JSON
+def status(app: App, url: str | None, as_json: bool) -> None:
+    """Backlog per queue: entries in the stream, pending on workers, delayed, dead-lettered."""
+    app = _use_url(app, url)
+    rows = []
+    for queue in app.queues or [app.default_queue]:
+        keys = app.keys(queue)
+        app.broker.ensure_group(keys)
+        length, pending, delayed = app.broker.backlog(keys)
+        rows.append({"queue": queue, "stream": length, "pending": pending, "delayed": delayed,
+                     "dead": app.broker.dead_count(keys)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'queue':<24}{'stream':>10}{'pending':>10}{'delayed':>10}{'dead':>10}")
+    for r in rows:
+        click.echo(f"{r['queue']:<24}{r['stream']:>10}{r['pending']:>10}{r['delayed']:>10}"
+                   f"{r['dead']:>10}")
+
+
+def run() -> None:
+    """Entry point: StreamTasksError becomes a one-line message and exit status 1."""
+    try:
+        main(standalone_mode=True)
+    except StreamTasksError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,83 @@
+"""Dead-letter streams: list, inspect, replay and purge the messages a queue gave up on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streamtasks.errors import DecodeError
+from streamtasks.message import unpack
+
+if TYPE_CHECKING:
+    from streamtasks.app import App
+
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return repr(value)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a dead-letter stream: the original fields plus why it failed."""
+
+    id: str
+    fields: dict[bytes, bytes]
+
+    def get(self, name: str) -> str:
+        raw = self.fields.get(name.encode())
+        return "" if raw is None else _text(raw)
+
+    @property
+    def task(self) -> str:
+        return self.get("task") or "?"
+
+    @property
+    def reason(self) -> str:
+        return f"{self.get('error_type')}: {self.get('error')}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view: failure fields, original fields, and the decoded call if any."""
+        out: dict[str, Any] = {"id": self.id}
+        for key, value in self.fields.items():
+            name = _text(key)
+            if name == "call":
+                try:
+                    call = unpack(value)
+                except Exception as exc:  # garbage is exactly what a DLQ holds
+                    call = {"undecodable": str(DecodeError(str(exc)))}
+                out["call"] = call
+            else:
+                out[name] = _text(value)
+        return out
+
+
+class DeadLetters:
+    """The dead-letter stream of one queue."""
+
+    def __init__(self, app: App, queue: str):
+        self.app = app
+        self.keys = app.keys(app.check_queue(queue))
+
+    def list(self, limit: int | None = None) -> list[DeadLetter]:
+        return [DeadLetter(i, f) for i, f in self.app.broker.dead_entries(self.keys, count=limit)]
+
+    def get(self, entry_id: str) -> DeadLetter | None:
+        found = self.app.broker.dead_entries(self.keys, start=entry_id, count=1)
+        return DeadLetter(*found[0]) if found and found[0][0] == entry_id else None
+
+    def replay(self, ids: list[str] | None = None) -> list[str]:
+        """Re-enqueue entries (all when `ids` is None) with attempts reset; returns the ids moved."""
+        if ids is None:
+            ids = [d.id for d in self.list()]
+        return self.app.broker.replay(self.keys, ids, int(self.app.clock() * 1000)) if ids else []
+
+    def purge(self, ids: list[str] | None = None) -> int:
+        """Delete entries (all when `ids` is None); returns how many were deleted."""
+        return self.app.broker.purge(self.keys, ids)
+
+    def __len__(self) -> int:
+        return self.app.broker.dead_count(self.keys)

@@ -1,0 +1,86 @@
+"""`streamtasks worker -p P`: run P worker processes and restart any that dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+_RESTART_DELAY_MAX = 30.0
+_HEALTHY_AFTER = 60.0
+
+
+def _child_argv(argv: list[str], name: str) -> list[str]:
+    """The parent's worker arguments with -p/--processes and -n/--name replaced."""
+    args = argv[1:]
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg in ("-p", "--processes", "-n", "--name"):
+            skip = i + 1 < len(args)
+            continue
+        if arg.startswith(("--processes=", "--name=")) or (
+            arg.startswith(("-p", "-n")) and len(arg) > 2 and not arg.startswith("--")
+        ):
+            continue
+        kept.append(arg)
+    return [sys.executable, "-m", "streamtasks", *kept, "-p", "1", "-n", name]
+
+
+def supervise(argv: list[str], processes: int, name: str | None) -> int:
+    """Run `processes` children until SIGTERM/SIGINT, forward it, and return 0 when all exit."""
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    # Children keep the same name when restarted, so each first re-runs what its predecessor held.
+    names = [f"{base}-{i}" for i in range(1, processes + 1)]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    delays = dict.fromkeys(names, 0.5)
+    started: dict[str, float] = {}
+    stopping = threading.Event()
+    signals_seen = 0
+
+    def start(child: str) -> None:
+        children[child] = subprocess.Popen(_child_argv(argv, child))
+        started[child] = time.monotonic()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        stopping.set()
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for child in names:
+        start(child)
+    log.info("supervising %d worker processes: %s", processes, ", ".join(names))
+    while not stopping.is_set():
+        for child, proc in list(children.items()):
+            code = proc.poll()
+            if code is None or stopping.is_set():
+                continue
+            lived = time.monotonic() - started[child]
+            delays[child] = 0.5 if lived > _HEALTHY_AFTER else min(
+                _RESTART_DELAY_MAX, delays[child] * 2
+            )
+            log.warning("worker %s exited with %s after %.1fs; restarting in %.1fs",
+                        child, code, lived, delays[child])
+            if stopping.wait(delays[child]):
+                break
+            start(child)
+        stopping.wait(0.2)  # os.wait() would race the signal handler; a short tick is simpler
+    for proc in children.values():
+        proc.wait()
+    return 0
