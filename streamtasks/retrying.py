@@ -60,7 +60,7 @@ def call(
         stops.append(tenacity.stop_after_delay(give_up_after))
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-        wait=tenacity.wait_exponential_jitter(initial=0.05, max=max_wait),
+        wait=tenacity.wait_random_exponential(multiplier=0.05, max=max_wait),
         stop=tenacity.stop_any(*stops) if stops else tenacity.stop_never,
         sleep=stop.wait if stop is not None else time.sleep,
         before_sleep=lambda state: outage.failed(state.outcome.exception()),  # type: ignore[union-attr, arg-type]
