@@ -1,13 +1,13 @@
 """streamtasks: a Celery-style task queue on Redis Streams.
 
-    from streamtasks import App
+from streamtasks import App
 
-    app = App("shop", url="redis://localhost:6379/0")
+app = App("shop", url="redis://localhost:6379/0")
 
-    @app.task(queue="orders")
-    def place_order(order_id: str, qty: int) -> dict: ...
+@app.task(queue="orders")
+def place_order(order_id: str, qty: int) -> dict: ...
 
-    place_order.delay("o-1", 2).get(timeout=5)
+place_order.delay("o-1", 2).get(timeout=5)
 """
 
 from streamtasks.app import App

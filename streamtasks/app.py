@@ -1,4 +1,4 @@
-"""App: the registry of tasks and the settings they share, and the entry point to everything else."""
+"""App: the registry of tasks and the settings they share; the entry point to everything else."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class App:
         self.url = resolve_url(url)
         self.default_queue = check_name("queue", default_queue)
         if visibility_timeout <= 0 or result_ttl <= 0 or idempotency_ttl <= 0:
-            raise ConfigurationError("visibility_timeout, result_ttl and idempotency_ttl must be > 0")
+            raise ConfigurationError(
+                "visibility_timeout, result_ttl and idempotency_ttl must be > 0"
+            )
         if max_deliveries < 1:
             raise ConfigurationError("max_deliveries must be at least 1")
         self.result_ttl = result_ttl
@@ -112,7 +114,7 @@ class App:
         idempotency_key: Callable[..., str] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]
         self, fn: Callable[P, R] | None = None, /, **options: Any
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``."""
@@ -122,9 +124,18 @@ class App:
 
     def _register(self, fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
         known = {
-            "name", "queue", "ignore_result", "acks_late", "track_started", "max_retries",
-            "retry_backoff", "retry_backoff_max", "retry_jitter", "autoretry_for",
-            "visibility_timeout", "idempotency_key",
+            "name",
+            "queue",
+            "ignore_result",
+            "acks_late",
+            "track_started",
+            "max_retries",
+            "retry_backoff",
+            "retry_backoff_max",
+            "retry_jitter",
+            "autoretry_for",
+            "visibility_timeout",
+            "idempotency_key",
         }
         unknown = set(options) - known
         if unknown:
@@ -142,24 +153,30 @@ class App:
             jitter=options.get("retry_jitter", True),
             autoretry_for=tuple(options.get("autoretry_for", ())),
         )
-        task = Task(self, fn, TaskOptions(
-            name=name,
-            queue=check_name("queue", options.get("queue") or self.default_queue),
-            ignore_result=options.get("ignore_result", False),
-            acks_late=options.get("acks_late", True),
-            track_started=options.get("track_started", False),
-            retry=retry,
-            visibility_timeout=visibility,
-            idempotency_key=options.get("idempotency_key"),
-        ))
+        task = Task(
+            self,
+            fn,
+            TaskOptions(
+                name=name,
+                queue=check_name("queue", options.get("queue") or self.default_queue),
+                ignore_result=options.get("ignore_result", False),
+                acks_late=options.get("acks_late", True),
+                track_started=options.get("track_started", False),
+                retry=retry,
+                visibility_timeout=visibility,
+                idempotency_key=options.get("idempotency_key"),
+            ),
+        )
         self.tasks[name] = task
         return task
 
-    def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+    def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """A handle on a task enqueued earlier, by id (and queue, when not the default)."""
         return AsyncResult(self, task_id, self.check_queue(queue or self.default_queue))
 
-    def Worker(self, queues: Iterable[str] | None = None, concurrency: int = 1, **options: Any) -> Worker:  # noqa: N802
+    def Worker(
+        self, queues: Iterable[str] | None = None, concurrency: int = 1, **options: Any
+    ) -> Worker:
         """A worker for this app: `run()` blocks, `stop()` ends it, `drain()` runs until idle."""
         from streamtasks.worker import Worker
 

@@ -1,4 +1,4 @@
-"""The broker: the only code that speaks to Redis, and the one place redis-py exceptions become ours.
+"""The broker: the only code that speaks to Redis, and where redis-py exceptions become ours.
 
 Each method is one round trip. The steps that must be atomic (enqueue with a key or a delay, settle,
 promote, reclaim, lease, prune, replay) are Lua scripts in ``streamtasks/lua``; docs/architecture.md
@@ -86,6 +86,9 @@ class Broker:
 
     def __init__(self, client: redis.Redis):
         self.client = client
+        # redis-py types replies as a union of every shape a command could return; the methods
+        # below know each reply's shape, so they read replies through an untyped handle.
+        self._r: Any = client
         self._scripts = {
             name: client.register_script(_load_script(name))
             for name in ("enqueue", "settle", "promote", "reclaim", "lease", "prune", "replay")
@@ -96,22 +99,28 @@ class Broker:
     @_translating
     def add(self, keys: QueueKeys, fields: Fields) -> str:
         """Append a message now: one XADD, the fast path."""
-        return _s(self.client.xadd(keys.stream, fields))  # type: ignore[arg-type]
+        return _s(self._r.xadd(keys.stream, fields))
 
     @_translating
     def add_many(self, batch: Sequence[tuple[QueueKeys, Fields]]) -> None:
         """Append many messages in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for keys, fields in batch:
-            pipe.xadd(keys.stream, fields)  # type: ignore[arg-type]
+            pipe.xadd(keys.stream, fields)
         pipe.execute()
 
     @_translating
     def enqueue(
-        self, keys: QueueKeys, task_id: str, fields: Fields, *, due_ms: int = 0,
-        idempotency_key: str | None = None, idempotency_ttl_ms: int = 0,
+        self,
+        keys: QueueKeys,
+        task_id: str,
+        fields: Fields,
+        *,
+        due_ms: int = 0,
+        idempotency_key: str | None = None,
+        idempotency_ttl_ms: int = 0,
     ) -> tuple[str, bool]:
-        """Enqueue now or at `due_ms`, at most once per idempotency key; returns (task id, created)."""
+        """Enqueue now or at `due_ms`, at most once per idempotency key; (task id, created)."""
         ikey = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
         ttl = idempotency_ttl_ms if idempotency_key is not None else 0
         found_id, created = self._scripts["enqueue"](
@@ -126,7 +135,7 @@ class Broker:
     def ensure_group(self, keys: QueueKeys) -> None:
         """Create the queue's consumer group (and stream) unless it exists; reads from the start."""
         try:
-            self.client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+            self._r.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -136,26 +145,24 @@ class Broker:
         self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
     ) -> list[tuple[str, list[Entry]]]:
         """XREADGROUP new entries from several streams; [(stream, [(id, fields)])]."""
-        reply = self.client.xreadgroup(
+        reply = self._r.xreadgroup(
             GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
         )
         return [
             (_s(stream), [(_s(eid), fields) for eid, fields in entries])
-            for stream, entries in (reply or [])  # type: ignore[union-attr]
+            for stream, entries in (reply or [])
         ]
 
     @_translating
     def done_flags(self, idempotency_keys: Sequence[str]) -> list[bool]:
         """For each idempotency hash, whether a run with that key already completed."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for key in idempotency_keys:
             pipe.hget(key, "done")
         return [flag is not None for flag in pipe.execute()]
 
     @_translating
-    def settle(
-        self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]
-    ) -> list[bool]:
+    def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[bool]:
         """Apply finished runs in one atomic step each (one round trip); False where fenced."""
         extra_keys: list[str] = []
         args: list[Any] = [GROUP, consumer]
@@ -183,11 +190,27 @@ class Broker:
 
     @_translating
     def reclaim(
-        self, keys: QueueKeys, consumer: str, *, cursor: str, count: int, max_deliveries: int,
-        default_timeout_ms: int, timeouts_ms: dict[str, int], own: bool, now_ms: int,
+        self,
+        keys: QueueKeys,
+        consumer: str,
+        *,
+        cursor: str,
+        count: int,
+        max_deliveries: int,
+        default_timeout_ms: int,
+        timeouts_ms: dict[str, int],
+        own: bool,
+        now_ms: int,
     ) -> Reclaimed:
         args: list[Any] = [
-            GROUP, consumer, cursor, count, max_deliveries, default_timeout_ms, int(own), now_ms,
+            GROUP,
+            consumer,
+            cursor,
+            count,
+            max_deliveries,
+            default_timeout_ms,
+            int(own),
+            now_ms,
         ]
         for name, timeout in timeouts_ms.items():
             args += [name, timeout]
@@ -199,7 +222,9 @@ class Broker:
         return Reclaimed(_s(nxt), entries, int(dead))
 
     @_translating
-    def lease(self, keys: QueueKeys, consumer: str, ids: Sequence[str], *, hand_back: bool) -> set[str]:
+    def lease(
+        self, keys: QueueKeys, consumer: str, ids: Sequence[str], *, hand_back: bool
+    ) -> set[str]:
         """Renew (or hand back) entries still owned; returns the ids owned by someone else now."""
         if not ids:
             return set()
@@ -214,7 +239,7 @@ class Broker:
     @_translating
     def backlog(self, keys: QueueKeys) -> tuple[int, int, int]:
         """(entries not yet delivered or still pending, pending, delayed) of a queue."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         pipe.xlen(keys.stream)
         pipe.xpending(keys.stream, GROUP)
         pipe.zcard(keys.delayed)
@@ -228,19 +253,19 @@ class Broker:
         self, key: str, after: str, block_ms: int | None
     ) -> list[tuple[str, dict[bytes, bytes]]]:
         """Result stream entries after `after`, waiting up to block_ms (None: do not wait)."""
-        reply = self.client.xread({key: after}, block=block_ms)
+        reply = self._r.xread({key: after}, block=block_ms)
         if not reply:
             return []
-        return [(_s(eid), fields) for eid, fields in reply[0][1]]  # type: ignore[index]
+        return [(_s(eid), fields) for eid, fields in reply[0][1]]
 
     @_translating
     def result_last(self, key: str) -> dict[bytes, bytes] | None:
-        found = self.client.xrevrange(key, count=1)
-        return found[0][1] if found else None  # type: ignore[index]
+        found = self._r.xrevrange(key, count=1)
+        return found[0][1] if found else None
 
     @_translating
     def write_status(self, key: str, status: str, ttl_ms: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         pipe.xadd(key, {"status": status, "data": b""})
         pipe.pexpire(key, ttl_ms)
         pipe.execute()
@@ -248,8 +273,10 @@ class Broker:
     # -- dead letters ----------------------------------------------------------------------
 
     @_translating
-    def dead_entries(self, keys: QueueKeys, start: str = "-", count: int | None = None) -> list[Entry]:
-        return [(_s(eid), f) for eid, f in self.client.xrange(keys.dead, min=start, count=count)]  # type: ignore[union-attr]
+    def dead_entries(
+        self, keys: QueueKeys, start: str = "-", count: int | None = None
+    ) -> list[Entry]:
+        return [(_s(eid), f) for eid, f in self._r.xrange(keys.dead, min=start, count=count)]
 
     @_translating
     def replay(self, keys: QueueKeys, ids: Iterable[str], now_ms: int) -> list[str]:
@@ -259,16 +286,16 @@ class Broker:
     @_translating
     def purge(self, keys: QueueKeys, ids: Sequence[str] | None) -> int:
         if ids is None:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self._r.pipeline(transaction=True)
             pipe.xlen(keys.dead)
             pipe.delete(keys.dead)
             return int(pipe.execute()[0])
-        return int(self.client.xdel(keys.dead, *ids)) if ids else 0  # type: ignore[arg-type]
+        return int(self._r.xdel(keys.dead, *ids)) if ids else 0
 
     @_translating
     def dead_count(self, keys: QueueKeys) -> int:
-        return int(self.client.xlen(keys.dead))  # type: ignore[arg-type]
+        return int(self._r.xlen(keys.dead))
 
     @_translating
     def ping(self) -> None:
-        self.client.ping()
+        self._r.ping()

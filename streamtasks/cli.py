@@ -1,4 +1,4 @@
-"""The `streamtasks` command: a thin click layer over the library; logging is configured here only."""
+"""The `streamtasks` command: a thin click layer over the library; logging is set up here only."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def load_app(target: str) -> App:
     return app
 
 
-class AppParam(click.ParamType):
+class AppParam(click.ParamType):  # type: ignore[type-arg]
     name = "module:app"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> App:
@@ -48,8 +48,14 @@ class AppParam(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
-APP = click.option("-A", "--app", "app", type=AppParam(), required=True,
-                   help="The App to use, as module:attribute (e.g. shop.tasks:app).")
+APP = click.option(
+    "-A",
+    "--app",
+    "app",
+    type=AppParam(),
+    required=True,
+    help="The App to use, as module:attribute (e.g. shop.tasks:app).",
+)
 URL = click.option("--url", help="Redis URL; overrides the app's own and STREAMTASKS_URL.")
 
 
@@ -72,19 +78,53 @@ def main() -> None:
 @main.command()
 @APP
 @click.option("-Q", "--queues", help="Comma-separated queues to serve (default: all the app's).")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Threads per process running tasks.")
-@click.option("-p", "--processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes, supervised: one that dies is restarted.")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads per process running tasks.",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes, supervised: one that dies is restarted.",
+)
 @URL
-@click.option("-n", "--name", help="Consumer name (default host-pid). Keep it stable across "
-              "restarts and a worker first re-runs what it held when it last stopped.")
-@click.option("-l", "--loglevel", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds in-flight tasks get to finish after SIGTERM before being handed back.")
-def worker(app: App, queues: str | None, concurrency: int, processes: int, url: str | None,
-           name: str | None, loglevel: str, shutdown_timeout: float) -> None:
+@click.option(
+    "-n",
+    "--name",
+    help="Consumer name (default host-pid). Keep it stable across "
+    "restarts and a worker first re-runs what it held when it last stopped.",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight tasks get to finish after SIGTERM before being handed back.",
+)
+def worker(
+    app: App,
+    queues: str | None,
+    concurrency: int,
+    processes: int,
+    url: str | None,
+    name: str | None,
+    loglevel: str,
+    shutdown_timeout: float,
+) -> None:
     """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; a second one exits at once."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     if processes > 1:
@@ -92,8 +132,9 @@ def worker(app: App, queues: str | None, concurrency: int, processes: int, url: 
 
         sys.exit(supervise(sys.argv, processes, name))
     try:
-        w = _use_url(app, url).Worker(_queues(queues), concurrency, name=name,
-                                      shutdown_timeout=shutdown_timeout)
+        w = _use_url(app, url).Worker(
+            _queues(queues), concurrency, name=name, shutdown_timeout=shutdown_timeout
+        )
     except StreamTasksError as exc:
         raise click.UsageError(str(exc)) from exc
     stopping = False
@@ -101,8 +142,9 @@ def worker(app: App, queues: str | None, concurrency: int, processes: int, url: 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         if stopping:
-            logging.getLogger(__name__).warning("second signal: exiting now, unfinished entries "
-                                                "stay pending for another worker")
+            logging.getLogger(__name__).warning(
+                "second signal: exiting now, unfinished entries stay pending for another worker"
+            )
             os._exit(128 + signum)
         stopping = True
         logging.getLogger(__name__).info("signal %d: finishing in-flight tasks", signum)
@@ -171,8 +213,14 @@ def _selection(entry_ids: tuple[str, ...], everything: bool) -> list[str] | None
 @click.option("--id", "entry_ids", multiple=True, help="Entry id to replay (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Replay every dead-lettered message.")
 @AS_JSON
-def dlq_replay(app: App, queue: str | None, url: str | None, entry_ids: tuple[str, ...],
-               everything: bool, as_json: bool) -> None:
+def dlq_replay(
+    app: App,
+    queue: str | None,
+    url: str | None,
+    entry_ids: tuple[str, ...],
+    everything: bool,
+    as_json: bool,
+) -> None:
     """Re-enqueue dead-lettered messages with their attempts reset."""
     done = _use_url(app, url).dead_letters(queue).replay(_selection(entry_ids, everything))
     click.echo(json.dumps({"replayed": done}) if as_json else f"replayed {len(done)} message(s)")
@@ -185,8 +233,14 @@ def dlq_replay(app: App, queue: str | None, url: str | None, entry_ids: tuple[st
 @click.option("--id", "entry_ids", multiple=True, help="Entry id to delete (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Delete every dead-lettered message.")
 @AS_JSON
-def dlq_purge(app: App, queue: str | None, url: str | None, entry_ids: tuple[str, ...],
-              everything: bool, as_json: bool) -> None:
+def dlq_purge(
+    app: App,
+    queue: str | None,
+    url: str | None,
+    entry_ids: tuple[str, ...],
+    everything: bool,
+    as_json: bool,
+) -> None:
     """Delete dead-lettered messages for good."""
     count = _use_url(app, url).dead_letters(queue).purge(_selection(entry_ids, everything))
     click.echo(json.dumps({"purged": count}) if as_json else f"purged {count} message(s)")
@@ -204,15 +258,23 @@ def status(app: App, url: str | None, as_json: bool) -> None:
         keys = app.keys(queue)
         app.broker.ensure_group(keys)
         length, pending, delayed = app.broker.backlog(keys)
-        rows.append({"queue": queue, "stream": length, "pending": pending, "delayed": delayed,
-                     "dead": app.broker.dead_count(keys)})
+        rows.append(
+            {
+                "queue": queue,
+                "stream": length,
+                "pending": pending,
+                "delayed": delayed,
+                "dead": app.broker.dead_count(keys),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"{'queue':<24}{'stream':>10}{'pending':>10}{'delayed':>10}{'dead':>10}")
     for r in rows:
-        click.echo(f"{r['queue']:<24}{r['stream']:>10}{r['pending']:>10}{r['delayed']:>10}"
-                   f"{r['dead']:>10}")
+        click.echo(
+            f"{r['queue']:<24}{r['stream']:>10}{r['pending']:>10}{r['delayed']:>10}{r['dead']:>10}"
+        )
 
 
 def run() -> None:

@@ -24,7 +24,7 @@ def resolve_url(url: str | None) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for `url`. Reconnecting is left to streamtasks.retrying, so redis-py retries nothing."""
+    """A client for `url`; reconnecting is left to streamtasks.retrying, so redis-py retries nothing."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return _memory_client(url)
@@ -67,4 +67,3 @@ def reset_memory(name: str = "default") -> None:
     """Forget a memory:// server, so the next client of that name starts empty (for tests)."""
     with _memory_lock:
         _memory_servers.pop(name, None)
-

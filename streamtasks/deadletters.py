@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,6 @@ from streamtasks.message import unpack
 
 if TYPE_CHECKING:
     from streamtasks.app import App
-
 
 
 def _text(value: bytes) -> str:
@@ -62,20 +62,20 @@ class DeadLetters:
         self.app = app
         self.keys = app.keys(app.check_queue(queue))
 
-    def list(self, limit: int | None = None) -> list[DeadLetter]:
+    def list(self, limit: int | None = None) -> builtins.list[DeadLetter]:
         return [DeadLetter(i, f) for i, f in self.app.broker.dead_entries(self.keys, count=limit)]
 
     def get(self, entry_id: str) -> DeadLetter | None:
         found = self.app.broker.dead_entries(self.keys, start=entry_id, count=1)
         return DeadLetter(*found[0]) if found and found[0][0] == entry_id else None
 
-    def replay(self, ids: list[str] | None = None) -> list[str]:
-        """Re-enqueue entries (all when `ids` is None) with attempts reset; returns the ids moved."""
+    def replay(self, ids: builtins.list[str] | None = None) -> builtins.list[str]:
+        """Re-enqueue entries (all when `ids` is None), attempts reset; returns the ids moved."""
         if ids is None:
             ids = [d.id for d in self.list()]
         return self.app.broker.replay(self.keys, ids, int(self.app.clock() * 1000)) if ids else []
 
-    def purge(self, ids: list[str] | None = None) -> int:
+    def purge(self, ids: builtins.list[str] | None = None) -> int:
         """Delete entries (all when `ids` is None); returns how many were deleted."""
         return self.app.broker.purge(self.keys, ids)
 

@@ -6,6 +6,7 @@ the others find its unix socket answering. The server keeps running until `stop(
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -24,7 +25,9 @@ _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "streamtasks" / "embedded"
 
 
@@ -83,10 +86,27 @@ def ensure_server(directory: Path) -> Path:
             return sock
         log_file = directory / "redis.log"
         command = [
-            server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "", "--daemonize", "yes", "--pidfile", str(directory / "redis.pid"),
-            "--logfile", str(log_file),
+            server_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(directory / "redis.pid"),
+            "--logfile",
+            str(log_file),
         ]
         subprocess.run(command, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         deadline = time.monotonic() + _START_TIMEOUT
@@ -103,9 +123,9 @@ def stop(directory: Path) -> bool:
     sock = socket_path(directory)
     if not _answers(sock):
         return False
-    with redis.Redis(unix_socket_path=str(sock)) as client:
-        try:
-            client.shutdown()
-        except redis.ConnectionError:
-            pass
+    with (
+        redis.Redis(unix_socket_path=str(sock)) as client,
+        contextlib.suppress(redis.ConnectionError),
+    ):
+        client.shutdown()
     return True

@@ -1,7 +1,7 @@
 """Every Redis key and consumer-group name streamtasks uses, built in one place.
 
-A queue's keys all carry the hash tag ``{queue}``, so each atomic step (one Lua script, which only ever
-touches the keys of one queue) lands on a single Redis Cluster slot.
+A queue's keys all carry the hash tag ``{queue}``, so each atomic step (one Lua script, which
+only ever touches the keys of one queue) lands on a single Redis Cluster slot.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The message envelope and its wire format: what one stream entry holds (schema_version lives here).
+"""The message envelope and its wire format: schema_version lives here.
 
-A message is a flat stream entry, readable with XRANGE and writable with a plain XADD from any language
-(see docs/protocol.md)::
+A message is a flat stream entry, readable with XRANGE and writable with a plain XADD from any
+language (see docs/protocol.md)::
 
     schema_version   "1"
     id               task id (any unique string; streamtasks uses 32 hex digits)
@@ -41,8 +41,13 @@ class Message:
     def retried(self) -> Message:
         """The same call, one attempt later."""
         return Message(
-            self.id, self.task, self.args, self.kwargs, self.headers,
-            self.attempt + 1, self.idempotency_key,
+            self.id,
+            self.task,
+            self.args,
+            self.kwargs,
+            self.headers,
+            self.attempt + 1,
+            self.idempotency_key,
         )
 
 
@@ -61,7 +66,11 @@ def unpack(data: bytes) -> Any:
 def encode(message: Message, max_bytes: int | None = None) -> Fields:
     """The stream fields of a message; raises EncodeError when it cannot be sent."""
     call = pack(
-        {"args": list(message.args), "kwargs": dict(message.kwargs), "headers": dict(message.headers)}
+        {
+            "args": list(message.args),
+            "kwargs": dict(message.kwargs),
+            "headers": dict(message.headers),
+        }
     )
     if max_bytes is not None and len(call) > max_bytes:
         raise EncodeError(
@@ -120,7 +129,12 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
         raise DecodeError("field 'attempt' is not an integer") from None
     key = fields.get(b"idempotency_key")
     return Message(
-        task_id, name, tuple(args), kwargs, headers, attempt,
+        task_id,
+        name,
+        tuple(args),
+        kwargs,
+        headers,
+        attempt,
         None if key is None else key.decode(errors="replace"),
     )
 

@@ -32,7 +32,10 @@ class Delivery:
 
     @classmethod
     def parse(
-        cls, keys: QueueKeys, entry_id: str, fields: dict[bytes, bytes],
+        cls,
+        keys: QueueKeys,
+        entry_id: str,
+        fields: dict[bytes, bytes],
         tasks: Mapping[str, Task[Any, Any]],
     ) -> Delivery:
         try:
@@ -78,16 +81,35 @@ def _result_key(d: Delivery) -> str | None:
 
 
 def _dead_fields(d: Delivery, error: ErrorInfo, context: TaskContext, now: float) -> bytes:
-    return netstring([
-        "error_type", error.type_name, "error", error.message, "traceback", error.traceback,
-        "attempts", str(context.attempt + 1), "worker", context.worker,
-        "failed_at", str(int(now * 1000)), "origin_stream", d.keys.stream,
-        "origin_id", d.entry_id,
-    ])
+    return netstring(
+        [
+            "error_type",
+            error.type_name,
+            "error",
+            error.message,
+            "traceback",
+            error.traceback,
+            "attempts",
+            str(context.attempt + 1),
+            "worker",
+            context.worker,
+            "failed_at",
+            str(int(now * 1000)),
+            "origin_stream",
+            d.keys.stream,
+            "origin_id",
+            d.entry_id,
+        ]
+    )
 
 
 def record_for(
-    d: Delivery, outcome: Outcome, context: TaskContext, *, now: float, result_ttl: float,
+    d: Delivery,
+    outcome: Outcome,
+    context: TaskContext,
+    *,
+    now: float,
+    result_ttl: float,
     idempotency_ttl: float,
 ) -> Settle:
     """The settle record that applies `outcome` to the entry behind `d`."""
@@ -101,8 +123,14 @@ def record_for(
         else:
             key = d.message.idempotency_key if d.message else None
             record = SettleRecord(
-                d.entry_id, "a", rkey, ttl_ms, "SUCCESS", data,
-                None if key is None else d.keys.idempotency(key), str(int(idempotency_ttl * 1000)),
+                d.entry_id,
+                "a",
+                rkey,
+                ttl_ms,
+                "SUCCESS",
+                data,
+                None if key is None else d.keys.idempotency(key),
+                str(int(idempotency_ttl * 1000)),
             )
             return _late(d, record, "SUCCESS")
     if isinstance(outcome, Failed):
@@ -114,8 +142,9 @@ def record_for(
         fields[b"attempt"] = str(context.attempt + 1).encode()
         extra = b"%d:" % due_ms + netstring([x for pair in fields.items() for x in pair])
         data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": context.attempt})
-        return _late(d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra),
-                     "RETRY")
+        return _late(
+            d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra), "RETRY"
+        )
     assert isinstance(outcome, DeadLetter)
     data = pack(outcome.error.as_dict())
     extra = _dead_fields(d, outcome.error, context, now)
@@ -126,8 +155,14 @@ def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
     """For a task acked on receipt, the final record must neither fence nor ack again."""
     if d.options is not None and not d.options.acks_late:
         record = SettleRecord(
-            record.entry_id, record.action.upper(), record.result_key, record.result_ttl_ms,
-            record.status, record.data, record.idempotency_key, record.extra,
+            record.entry_id,
+            record.action.upper(),
+            record.result_key,
+            record.result_ttl_ms,
+            record.status,
+            record.data,
+            record.idempotency_key,
+            record.extra,
         )
     return Settle(d, record, status)
 
@@ -135,8 +170,9 @@ def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
 def refused(d: Delivery, context: TaskContext, now: float, result_ttl: float) -> Settle:
     """An entry that cannot run (undecodable, unknown task or schema): dead-letter it unrun."""
     assert d.problem is not None
-    return record_for(d, DeadLetter(d.problem), context, now=now, result_ttl=result_ttl,
-                      idempotency_ttl=0)
+    return record_for(
+        d, DeadLetter(d.problem), context, now=now, result_ttl=result_ttl, idempotency_ttl=0
+    )
 
 
 def skipped(d: Delivery) -> Settle:

@@ -79,7 +79,10 @@ def backoff_delay(
 
 
 def decide(
-    policy: RetryPolicy, attempt: int, exc: BaseException | None, value: Any = None,
+    policy: RetryPolicy,
+    attempt: int,
+    exc: BaseException | None,
+    value: Any = None,
     rand: Callable[[], float] = random.random,
 ) -> Outcome:
     """The outcome of a run that returned `value` or raised `exc`, on attempt `attempt`."""
@@ -87,7 +90,7 @@ def decide(
         return Succeeded(value)
     if isinstance(exc, Reject):
         return DeadLetter(ErrorInfo.of(exc))
-    if isinstance(exc, Retry) or isinstance(exc, policy.autoretry_for):
+    if isinstance(exc, (Retry, *policy.autoretry_for)):
         if attempt >= policy.max_retries:
             return DeadLetter(ErrorInfo.of(exc))
         countdown = exc.countdown if isinstance(exc, Retry) else None

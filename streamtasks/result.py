@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from streamtasks import retrying
@@ -39,7 +40,8 @@ class AsyncResult(Generic[R]):
     def status(self) -> str:
         """PENDING, STARTED, RETRY, SUCCESS, FAILURE or DEAD."""
         fields = retrying.call(
-            lambda: self.app.broker.result_last(self._key), self.app.outage,
+            lambda: self.app.broker.result_last(self._key),
+            self.app.outage,
             give_up_after=self.app.enqueue_timeout,
         )
         return PENDING if fields is None else fields[b"status"].decode()
@@ -63,10 +65,9 @@ class AsyncResult(Generic[R]):
                 if block <= 0:
                     raise TimeoutError(f"task {self.id} not ready after {timeout}s")
             entries = retrying.call(
-                lambda after=after, block=block: self.app.broker.result_entries(  # type: ignore[misc]
-                    self._key, after, block
-                ),
-                self.app.outage, give_up_after=None if deadline is None else timeout,
+                partial(self.app.broker.result_entries, self._key, after, block),
+                self.app.outage,
+                give_up_after=None if deadline is None else timeout,
             )
             for entry_id, fields in entries:
                 after = entry_id

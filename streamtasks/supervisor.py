@@ -72,11 +72,16 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
             if code is None or stopping.is_set():
                 continue
             lived = time.monotonic() - started[child]
-            delays[child] = 0.5 if lived > _HEALTHY_AFTER else min(
-                _RESTART_DELAY_MAX, delays[child] * 2
+            delays[child] = (
+                0.5 if lived > _HEALTHY_AFTER else min(_RESTART_DELAY_MAX, delays[child] * 2)
             )
-            log.warning("worker %s exited with %s after %.1fs; restarting in %.1fs",
-                        child, code, lived, delays[child])
+            log.warning(
+                "worker %s exited with %s after %.1fs; restarting in %.1fs",
+                child,
+                code,
+                lived,
+                delays[child],
+            )
             if stopping.wait(delays[child]):
                 break
             start(child)

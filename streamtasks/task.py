@@ -1,11 +1,11 @@
-"""Task: the decorated function, which turns a call into a message (`delay`, `apply_async`, `map`)."""
+"""Task: the decorated function that turns a call into a message (`delay`, `apply_async`, `map`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from streamtasks import retrying
@@ -28,7 +28,7 @@ class TaskOptions:
     ignore_result: bool = False
     acks_late: bool = True
     track_started: bool = False
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     visibility_timeout: float | None = None
     idempotency_key: Callable[..., str] | None = None
 
@@ -79,7 +79,11 @@ class Task(Generic[P, R]):
         if idempotency_key is None and self.options.idempotency_key is not None:
             idempotency_key = self.options.idempotency_key(*args, **kwargs)
         message = Message(
-            uuid.uuid4().hex, self.name, tuple(args), kwargs, dict(headers or {}),
+            uuid.uuid4().hex,
+            self.name,
+            tuple(args),
+            kwargs,
+            dict(headers or {}),
             idempotency_key=idempotency_key,
         )
         fields = encode(message, self.app.max_message_bytes)
@@ -89,22 +93,28 @@ class Task(Generic[P, R]):
         broker = self.app.broker
         if idempotency_key is None and due_ms == 0:
             retrying.call(
-                lambda: broker.add(keys, fields), self.app.outage,
+                lambda: broker.add(keys, fields),
+                self.app.outage,
                 give_up_after=self.app.enqueue_timeout,
             )
             task_id = message.id
         else:
             task_id, _ = retrying.call(
                 lambda: broker.enqueue(
-                    keys, message.id, fields, due_ms=due_ms, idempotency_key=idempotency_key,
+                    keys,
+                    message.id,
+                    fields,
+                    due_ms=due_ms,
+                    idempotency_key=idempotency_key,
                     idempotency_ttl_ms=int(self.app.idempotency_ttl * 1000),
                 ),
-                self.app.outage, give_up_after=self.app.enqueue_timeout,
+                self.app.outage,
+                give_up_after=self.app.enqueue_timeout,
             )
         return AsyncResult(self.app, task_id, queue, ignore_result=self.options.ignore_result)
 
     def map(self, items: Iterable[Any]) -> list[AsyncResult[R]]:
-        """Enqueue one call per item, each with that item as its only argument, in one round trip."""
+        """Enqueue one call per item, the item as its only argument, in one round trip."""
         return self.starmap((item,) for item in items)
 
     def starmap(self, arg_tuples: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
@@ -115,7 +125,8 @@ class Task(Generic[P, R]):
         batch = [(keys, encode(m, max_bytes)) for m in messages]
         if batch:
             retrying.call(
-                lambda: self.app.broker.add_many(batch), self.app.outage,
+                lambda: self.app.broker.add_many(batch),
+                self.app.outage,
                 give_up_after=self.app.enqueue_timeout,
             )
         return [
@@ -128,7 +139,9 @@ class Task(Generic[P, R]):
             raise ConfigurationError("give countdown or eta, not both")
         if eta is not None:
             if eta.tzinfo is None:
-                raise ConfigurationError("eta must be timezone-aware, e.g. datetime.now(timezone.utc)")
+                raise ConfigurationError(
+                    "eta must be timezone-aware, e.g. datetime.now(timezone.utc)"
+                )
             return int(eta.timestamp() * 1000)
         if countdown is not None:
             if countdown < 0:

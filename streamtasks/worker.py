@@ -1,4 +1,4 @@
-"""The worker: fetch entries, run them on a thread pool, decide each outcome, settle them in batches.
+"""The worker: fetch entries, run them on a thread pool, decide each outcome, settle in batches.
 
 Threads of one worker:
 - the fetcher (the caller of `run`/`drain`) reads new entries with XREADGROUP, never more than the
@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from streamtasks import retrying
@@ -83,7 +84,8 @@ class Worker:
         self._keys = {app.keys(q).stream: app.keys(q) for q in self.queues}
         self._timeouts_ms = {
             t.name: int(t.options.visibility_timeout * 1000)
-            for t in app.tasks.values() if t.options.visibility_timeout is not None
+            for t in app.tasks.values()
+            if t.options.visibility_timeout is not None
         }
         shortest = min([app.visibility_timeout, *(t / 1000 for t in self._timeouts_ms.values())])
         self._lease_every = shortest / 3
@@ -124,8 +126,13 @@ class Worker:
 
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
         self._stop.clear()
-        log.info("worker %s serving %s with %d threads", self.name, ", ".join(self.queues),
-                 self.concurrency, extra={"worker": self.name})
+        log.info(
+            "worker %s serving %s with %d threads",
+            self.name,
+            ", ".join(self.queues),
+            self.concurrency,
+            extra={"worker": self.name},
+        )
         try:
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
             self._start_threads()
@@ -180,15 +187,20 @@ class Worker:
         """Give entries back at once so other workers take them without waiting for a timeout."""
         if not deliveries:
             return
-        log.warning("worker %s handing back %d entries (%s)", self.name, len(deliveries), why,
-                    extra={"worker": self.name})
+        log.warning(
+            "worker %s handing back %d entries (%s)",
+            self.name,
+            len(deliveries),
+            why,
+            extra={"worker": self.name},
+        )
         for keys, group in _by_queue(deliveries):
             try:
+                ids = [d.entry_id for d in group]
                 retrying.call(
-                    lambda k=keys, g=group: self.app.broker.lease(  # type: ignore[misc]
-                        k, self.name, [d.entry_id for d in g], hand_back=True
-                    ),
-                    self.outage, give_up_after=2.0,
+                    partial(self.app.broker.lease, keys, self.name, ids, hand_back=True),
+                    self.outage,
+                    give_up_after=2.0,
                 )
             except BrokerUnavailable:
                 log.warning("could not hand back entries; they return after the visibility timeout")
@@ -213,7 +225,7 @@ class Worker:
             count = max(1, -(-room // len(streams)))
             try:
                 batches = self._io(
-                    lambda: self.app.broker.read(streams, self.name, count, block_ms)
+                    partial(self.app.broker.read, streams, self.name, count, block_ms)
                 )
             except BrokerUnavailable:
                 break
@@ -238,7 +250,7 @@ class Worker:
             if self._held:
                 return False
         for keys in self._keys.values():
-            length, _, delayed = self._io(lambda k=keys: self.app.broker.backlog(k))
+            length, _, delayed = self._io(partial(self.app.broker.backlog, keys))
             if length or delayed:
                 return False
         return True
@@ -248,24 +260,40 @@ class Worker:
         for keys in self._keys.values():
             cursor = "-"
             while True:
-                found = self._io(lambda k=keys, c=cursor: self._reclaim(k, c, own=True))
+                found = self._io(partial(self._reclaim, keys, cursor, own=True))
                 cursor = found.cursor
                 if cursor == "-":
                     break
 
     def _reclaim(self, keys: QueueKeys, cursor: str, own: bool = False) -> Any:
         found = self.app.broker.reclaim(
-            keys, self.name, cursor=cursor, count=100, max_deliveries=self.app.max_deliveries,
+            keys,
+            self.name,
+            cursor=cursor,
+            count=100,
+            max_deliveries=self.app.max_deliveries,
             default_timeout_ms=int(self.app.visibility_timeout * 1000),
-            timeouts_ms=self._timeouts_ms, own=own, now_ms=int(self.app.clock() * 1000),
+            timeouts_ms=self._timeouts_ms,
+            own=own,
+            now_ms=int(self.app.clock() * 1000),
         )
         if found.entries:
-            log.warning("worker %s took over %d abandoned entries of %s", self.name,
-                        len(found.entries), keys.queue, extra={"worker": self.name})
+            log.warning(
+                "worker %s took over %d abandoned entries of %s",
+                self.name,
+                len(found.entries),
+                keys.queue,
+                extra={"worker": self.name},
+            )
             self._accept(keys, found.entries)
         if found.dead:
-            log.warning("%d entries of %s dead-lettered after %d deliveries", found.dead,
-                        keys.queue, self.app.max_deliveries, extra={"queue": keys.queue})
+            log.warning(
+                "%d entries of %s dead-lettered after %d deliveries",
+                found.dead,
+                keys.queue,
+                self.app.max_deliveries,
+                extra={"queue": keys.queue},
+            )
         return found
 
     def _accept(self, keys: QueueKeys, entries: list[Entry]) -> None:
@@ -277,20 +305,32 @@ class Worker:
         keyed = [d for d in deliveries if d.message and d.message.idempotency_key is not None]
         done: set[int] = set()
         if keyed:
-            flags = self._io(lambda: self.app.broker.done_flags(
-                [keys.idempotency(d.message.idempotency_key) for d in keyed]  # type: ignore[union-attr, arg-type]
-            ))
+            flags = self._io(
+                lambda: self.app.broker.done_flags(
+                    [keys.idempotency(d.message.idempotency_key) for d in keyed]  # type: ignore[union-attr, arg-type]
+                )
+            )
             done = {id(d) for d, flag in zip(keyed, flags, strict=True) if flag}
         for d in deliveries:
             if d.problem is not None:
-                log.warning("dead-lettering entry %s of %s: %s", d.entry_id, keys.queue,
-                            d.problem.message, extra={"queue": keys.queue, "entry_id": d.entry_id})
-                self._settles.put(refused(d, self._context(d), self.app.clock(),
-                                          self.app.result_ttl))
+                log.warning(
+                    "dead-lettering entry %s of %s: %s",
+                    d.entry_id,
+                    keys.queue,
+                    d.problem.message,
+                    extra={"queue": keys.queue, "entry_id": d.entry_id},
+                )
+                self._settles.put(
+                    refused(d, self._context(d), self.app.clock(), self.app.result_ttl)
+                )
             elif id(d) in done:
-                log.info("%s[%s] already done under key %s; not run again", d.task_name,
-                         d.task_id, d.message.idempotency_key,  # type: ignore[union-attr]
-                         extra={"task_id": d.task_id})
+                log.info(
+                    "%s[%s] already done under key %s; not run again",
+                    d.task_name,
+                    d.task_id,
+                    d.message.idempotency_key,  # type: ignore[union-attr]
+                    extra={"task_id": d.task_id},
+                )
                 self._settles.put(skipped(d))
             else:
                 if not d.options.acks_late:  # type: ignore[union-attr]
@@ -312,9 +352,11 @@ class Worker:
         context = self._context(d)
         d.started = True
         if task.options.track_started and not task.options.ignore_result:
-            self._io(lambda: self.app.broker.write_status(
-                d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
-            ))
+            self._io(
+                lambda: self.app.broker.write_status(
+                    d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
+                )
+            )
         token = _current.set(context)
         began = time.perf_counter()
         try:
@@ -326,19 +368,35 @@ class Worker:
         took = time.perf_counter() - began
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
         outcome = decide(task.options.retry, message.attempt, exc, value)
-        log.info("%s[%s] %s in %.4fs", task.name, message.id, type(outcome).__name__, took,
-                 extra={"task_id": message.id, "task": task.name, "seconds": took})
-        return record_for(d, outcome, context, now=self.app.clock(),
-                          result_ttl=self.app.result_ttl, idempotency_ttl=self.app.idempotency_ttl)
+        log.info(
+            "%s[%s] %s in %.4fs",
+            task.name,
+            message.id,
+            type(outcome).__name__,
+            took,
+            extra={"task_id": message.id, "task": task.name, "seconds": took},
+        )
+        return record_for(
+            d,
+            outcome,
+            context,
+            now=self.app.clock(),
+            result_ttl=self.app.result_ttl,
+            idempotency_ttl=self.app.idempotency_ttl,
+        )
 
     def _context(self, d: Delivery) -> TaskContext:
         attempt = d.message.attempt if d.message else 0
         retries = d.options.retry.max_retries if d.options else 0
         return TaskContext(
-            id=d.task_id, name=d.task_name, queue=d.keys.queue, attempt=attempt,
+            id=d.task_id,
+            name=d.task_name,
+            queue=d.keys.queue,
+            attempt=attempt,
             retries_left=max(0, retries - attempt),
             idempotency_key=d.message.idempotency_key if d.message else None,
-            headers=d.message.headers if d.message else {}, worker=self.name,
+            headers=d.message.headers if d.message else {},
+            worker=self.name,
         )
 
     # -- settling --------------------------------------------------------------------------
@@ -365,11 +423,11 @@ class Worker:
             for s in group:
                 s.delivery.settling = s.final
             try:
+                records = [s.record for s in group]
                 applied = retrying.call(
-                    lambda k=keys, g=group: self.app.broker.settle(  # type: ignore[misc]
-                        k, self.name, [s.record for s in g]
-                    ),
-                    self.outage, stop=self._abort,
+                    partial(self.app.broker.settle, keys, self.name, records),
+                    self.outage,
+                    stop=self._abort,
                 )
             except BrokerUnavailable:
                 return
@@ -377,8 +435,11 @@ class Worker:
                 if not ok:
                     log.warning(
                         "%s[%s] finished as %s but another worker took it over meanwhile; "
-                        "its outcome was not applied", s.delivery.task_name, s.delivery.task_id,
-                        s.status, extra={"task_id": s.delivery.task_id},
+                        "its outcome was not applied",
+                        s.delivery.task_name,
+                        s.delivery.task_id,
+                        s.status,
+                        extra={"task_id": s.delivery.task_id},
                     )
             self._release([s.delivery for s in group if s.final])
 
@@ -392,12 +453,24 @@ class Worker:
 
     def _keeper_loop(self) -> None:
         now = time.monotonic()
-        due = {"promote": now, "reclaim": now + self.reclaim_interval,
-               "lease": now + self._lease_every, "prune": now + 60.0}
-        every = {"promote": self.promote_interval, "reclaim": self.reclaim_interval,
-                 "lease": self._lease_every, "prune": 60.0}
-        jobs = {"promote": self._promote, "reclaim": self._reclaim_abandoned,
-                "lease": self._renew_leases, "prune": self._prune}
+        due = {
+            "promote": now,
+            "reclaim": now + self.reclaim_interval,
+            "lease": now + self._lease_every,
+            "prune": now + 60.0,
+        }
+        every = {
+            "promote": self.promote_interval,
+            "reclaim": self.reclaim_interval,
+            "lease": self._lease_every,
+            "prune": 60.0,
+        }
+        jobs = {
+            "promote": self._promote,
+            "reclaim": self._reclaim_abandoned,
+            "lease": self._renew_leases,
+            "prune": self._prune,
+        }
         while not self._keeper_stop.is_set():
             now = time.monotonic()
             for job, at in due.items():
@@ -436,12 +509,17 @@ class Worker:
         with self._changed:
             held = [d for d in self._held.values() if d.options is None or d.options.acks_late]
         for keys, group in _by_queue(held):
-            lost = self.app.broker.lease(keys, self.name, [d.entry_id for d in group],
-                                         hand_back=False)
+            lost = self.app.broker.lease(
+                keys, self.name, [d.entry_id for d in group], hand_back=False
+            )
             for d in group:
                 if d.entry_id in lost:
-                    log.warning("%s[%s] was taken over by another worker while held here",
-                                d.task_name, d.task_id, extra={"task_id": d.task_id})
+                    log.warning(
+                        "%s[%s] was taken over by another worker while held here",
+                        d.task_name,
+                        d.task_id,
+                        extra={"task_id": d.task_id},
+                    )
 
     def _prune(self) -> None:
         for keys in self._keys.values():
@@ -450,9 +528,9 @@ class Worker:
                 log.info("removed %d idle consumers from %s", removed, keys.queue)
 
 
-def _by_queue(items: list[Any], delivery: Callable[[Any], Delivery] = lambda d: d) -> list[
-    tuple[QueueKeys, list[Any]]
-]:
+def _by_queue(
+    items: list[Any], delivery: Callable[[Any], Delivery] = lambda d: d
+) -> list[tuple[QueueKeys, list[Any]]]:
     groups: dict[str, tuple[QueueKeys, list[Any]]] = {}
     for item in items:
         keys = delivery(item).keys
