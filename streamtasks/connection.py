@@ -24,7 +24,7 @@ def resolve_url(url: str | None) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for `url`; reconnecting is left to streamtasks.retrying, so redis-py retries nothing."""
+    """A client for `url`. streamtasks.retrying reconnects, so redis-py itself retries nothing."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return _memory_client(url)
