@@ -92,7 +92,9 @@ def decide(
         return DeadLetter(ErrorInfo.of(exc))
     if isinstance(exc, (Retry, *policy.autoretry_for)):
         if attempt >= policy.max_retries:
-            return DeadLetter(ErrorInfo.of(exc))
+            error = ErrorInfo.of(exc)
+            reason = f"gave up after {attempt + 1} attempts: {error.message}"
+            return DeadLetter(ErrorInfo(error.type_name, reason, error.traceback))
         countdown = exc.countdown if isinstance(exc, Retry) else None
         if countdown is None:
             countdown = backoff_delay(

@@ -126,6 +126,7 @@ class Worker:
 
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
         self._stop.clear()
+        self._abort.clear()
         log.info(
             "worker %s serving %s with %d threads",
             self.name,
@@ -179,6 +180,10 @@ class Worker:
         self._hand_back(stuck, f"still running after {self.shutdown_timeout}s")
         self._settles.put(_STOP)
         settler.join(max(1.0, deadline - time.monotonic()))
+        # Past the deadline the settler stops retrying: what it could not apply stays pending
+        # in Redis and is redelivered, which is safe; hanging on to it is not.
+        self._abort.set()
+        settler.join()
         self._keeper_stop.set()
         keeper.join()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
@@ -333,8 +338,6 @@ class Worker:
                 )
                 self._settles.put(skipped(d))
             else:
-                if not d.options.acks_late:  # type: ignore[union-attr]
-                    self._settles.put(early_ack(d))
                 self._work.put(d)
 
     # -- executing -------------------------------------------------------------------------
@@ -351,6 +354,8 @@ class Worker:
         assert message is not None and task is not None
         context = self._context(d)
         d.started = True
+        if not task.options.acks_late:
+            self._settles.put(early_ack(d))
         if task.options.track_started and not task.options.ignore_result:
             self._io(
                 lambda: self.app.broker.write_status(
@@ -368,15 +373,7 @@ class Worker:
         took = time.perf_counter() - began
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
         outcome = decide(task.options.retry, message.attempt, exc, value)
-        log.info(
-            "%s[%s] %s in %.4fs",
-            task.name,
-            message.id,
-            type(outcome).__name__,
-            took,
-            extra={"task_id": message.id, "task": task.name, "seconds": took},
-        )
-        return record_for(
+        settle = record_for(
             d,
             outcome,
             context,
@@ -384,6 +381,16 @@ class Worker:
             result_ttl=self.app.result_ttl,
             idempotency_ttl=self.app.idempotency_ttl,
         )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s[%s] %s in %.4fs",
+                task.name,
+                message.id,
+                settle.status,
+                took,
+                extra={"task_id": message.id, "task": task.name, "seconds": took},
+            )
+        return settle
 
     def _context(self, d: Delivery) -> TaskContext:
         attempt = d.message.attempt if d.message else 0
