@@ -1,0 +1,141 @@
+"""The tasks the end-to-end tests run inside real `streamtasks worker` processes.
+
+A worker loads `tests.e2e.tasks:app`, whose name, URL and visibility timeout come from the
+environment its test gives it (`worker_env`); the test process builds a producer App with the same
+tasks through `build_app`. Tasks leave their traces under `Traces` keys in the same Redis, so a test
+can tell how often each one started and how often it completed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from streamtasks import App, Reject, current_task
+
+APP_ENV = "STREAMTASKS_E2E_APP"
+VISIBILITY_ENV = "STREAMTASKS_E2E_VISIBILITY"
+
+#: How long a held task waits for its gate before giving up (no test should get near it).
+HOLD_LIMIT = 25.0
+
+
+class Traces:
+    """The Redis keys where tasks record what they did, shared by the tasks and the tests."""
+
+    def __init__(self, app_name: str, client: redis.Redis):
+        self.prefix = f"{app_name}:e2e"
+        self.client = client
+
+    def runs(self, token: str) -> int:
+        """How many times a task with this token started."""
+        return int(self.client.get(f"{self.prefix}:runs:{token}") or 0)
+
+    def completions(self, token: str) -> int:
+        """How many times a task with this token got to the end of its work."""
+        return int(self.client.get(f"{self.prefix}:done:{token}") or 0)
+
+    def ledger(self) -> dict[str, int]:
+        """Cents charged per order by the payment task."""
+        raw = self.client.hgetall(f"{self.prefix}:ledger")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def started(self, timeout: float) -> str:
+        """Wait until a held task starts running; its token."""
+        found = self.client.blpop([f"{self.prefix}:started"], timeout=timeout)
+        if found is None:
+            raise AssertionError(f"no held task started within {timeout}s")
+        return found[1].decode()
+
+    def open_gate(self) -> None:
+        """Let every held task, running now or later, finish."""
+        self.client.rpush(f"{self.prefix}:gate", "open")
+
+    def allow(self, token: str) -> None:
+        self.client.set(f"{self.prefix}:allow:{token}", 1)
+
+    # -- used inside the tasks -------------------------------------------------------------
+
+    def count_run(self, token: str) -> None:
+        self.client.incr(f"{self.prefix}:runs:{token}")
+
+    def count_completion(self, token: str) -> None:
+        self.client.incr(f"{self.prefix}:done:{token}")
+
+    def hold(self, token: str) -> None:
+        """Announce the start, then block until the test opens the gate (no sleeping)."""
+        self.client.rpush(f"{self.prefix}:started", token)
+        gate = f"{self.prefix}:gate"
+        # Moving the gate's one element onto itself leaves it there, so every waiter gets through.
+        if self.client.blmove(gate, gate, HOLD_LIMIT, "RIGHT", "LEFT") is None:
+            raise RuntimeError(f"gate of {token} never opened")
+
+    def allowed(self, token: str) -> bool:
+        return bool(self.client.exists(f"{self.prefix}:allow:{token}"))
+
+    def charge(self, order_id: str, cents: int) -> None:
+        self.client.hincrby(f"{self.prefix}:ledger", order_id, cents)
+
+
+def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0) -> App:
+    """An App with every e2e task, on `url` (None: STREAMTASKS_URL)."""
+    app = App(name, url=url, visibility_timeout=visibility_timeout)
+
+    def traces() -> Traces:
+        return Traces(app.name, app.broker.client)
+
+    @app.task(name="e2e.square")
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task(name="e2e.record")
+    def record(token: str) -> str:
+        t = traces()
+        t.count_run(token)
+        t.count_completion(token)
+        return token
+
+    @app.task(name="e2e.hold")
+    def hold(token: str) -> str:
+        t = traces()
+        t.count_run(token)
+        t.hold(token)
+        t.count_completion(token)
+        return token
+
+    @app.task(name="e2e.charge", idempotency_key=lambda order_id, *_a, **_k: f"charge:{order_id}")
+    def charge(order_id: str, cents: int, held: bool = False) -> dict[str, Any]:
+        t = traces()
+        t.count_run(order_id)
+        if held:
+            t.hold(order_id)
+        t.charge(order_id, cents)
+        t.count_completion(order_id)
+        return {"order": order_id, "charged": cents}
+
+    @app.task(name="e2e.busy")
+    def busy(token: str, seconds: float) -> str:
+        t = traces()
+        t.count_run(token)
+        time.sleep(seconds)  # the run's length is what the test is about
+        t.count_completion(token)
+        return current_task().worker
+
+    @app.task(name="e2e.pay_unless_blocked")
+    def pay_unless_blocked(token: str) -> str:
+        t = traces()
+        if not t.allowed(token):
+            raise Reject("card declined")
+        t.count_completion(token)
+        return "paid"
+
+    return app
+
+
+app = build_app(
+    os.environ.get(APP_ENV, "e2e"),
+    visibility_timeout=float(os.environ.get(VISIBILITY_ENV, "1.0")),
+)

@@ -1,0 +1,35 @@
+"""A worker subprocess runs what the test process enqueues, and every caller gets its own value."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Scene
+
+pytestmark = pytest.mark.timeout(45)
+
+
+@pytest.mark.parametrize(
+    "options", [["-c", "4"], ["-p", "2", "-c", "2"]], ids=["threads", "processes"]
+)
+def test_every_caller_gets_the_value_of_its_own_task(scene: Scene, options: list[str]) -> None:
+    scene.worker(*options, ready=2 if "-p" in options else 1)
+
+    results = [scene.task("square").delay(x) for x in range(200)]
+
+    assert [r.get(timeout=20) for r in results] == [x * x for x in range(200)]
+    assert {r.status for r in results} == {"SUCCESS"}
+
+
+def test_a_bulk_drain_leaves_an_empty_stream(scene: Scene) -> None:
+    worker = scene.worker("-c", "8")
+
+    results = scene.task("square").map(range(2000))
+
+    assert [r.get(timeout=25) for r in results] == [x * x for x in range(2000)]
+    # Acked entries are deleted too, so a queue that keeps up does not grow without bound.
+    status = scene.cli_json("status")
+    assert status == [{"queue": "default", "stream": 0, "pending": 0, "delayed": 0, "dead": 0}], (
+        worker.log
+    )
+    assert scene.redis.xlen(scene.stream) == 0
