@@ -1,0 +1,47 @@
+"""SIGTERM: a worker finishes and acks what it runs, exits 0; a second SIGTERM exits at once."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.e2e.conftest import Scene
+
+pytestmark = pytest.mark.timeout(45)
+
+
+def test_sigterm_finishes_and_acks_in_flight_tasks_then_exits_0(scene: Scene) -> None:
+    worker = scene.worker("-c", "3")
+    results = [scene.task("hold").delay(f"t{i}") for i in range(3)]
+    for _ in range(3):
+        scene.traces.started(timeout=10)
+
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("finishing in-flight tasks")
+    scene.traces.open_gate()
+
+    assert worker.wait(timeout=10) == 0
+    assert [r.status for r in results] == ["SUCCESS"] * 3
+    assert [r.get(timeout=1) for r in results] == ["t0", "t1", "t2"]
+    assert scene.pending() == []
+    assert scene.redis.xlen(scene.stream) == 0
+
+
+def test_a_second_sigterm_exits_at_once_and_leaves_the_entry_pending(scene: Scene) -> None:
+    worker = scene.worker("-c", "1", "-n", "impatient")
+    result = scene.task("hold").delay("long")
+    scene.traces.started(timeout=10)
+
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("finishing in-flight tasks")
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=3) != 0
+    pending = scene.pending()
+    assert [(p["consumer"].decode(), p["times_delivered"]) for p in pending] == [("impatient", 1)]
+    assert result.status == "PENDING"
+    # The entry was left for recovery, not lost: the next worker runs it.
+    scene.traces.open_gate()
+    scene.worker("-n", "next")
+    assert result.get(timeout=10) == "long"
