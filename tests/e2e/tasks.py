@@ -69,9 +69,12 @@ class Traces:
         """Announce the start, then block until the test opens the gate (no sleeping)."""
         self.client.rpush(f"{self.prefix}:started", token)
         gate = f"{self.prefix}:gate"
+        deadline = time.monotonic() + HOLD_LIMIT
         # Moving the gate's one element onto itself leaves it there, so every waiter gets through.
-        if self.client.blmove(gate, gate, HOLD_LIMIT, "RIGHT", "LEFT") is None:
-            raise RuntimeError(f"gate of {token} never opened")
+        # Blocking one second at a time stays under any socket timeout the client may have.
+        while self.client.blmove(gate, gate, 1, "RIGHT", "LEFT") is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gate of {token} never opened")
 
     def allowed(self, token: str) -> bool:
         return bool(self.client.exists(f"{self.prefix}:allow:{token}"))

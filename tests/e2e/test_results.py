@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from streamtasks import TimeoutError
 from tests.e2e.conftest import Scene
 
 pytestmark = pytest.mark.timeout(45)
@@ -33,3 +36,18 @@ def test_a_bulk_drain_leaves_an_empty_stream(scene: Scene) -> None:
         worker.log
     )
     assert scene.redis.xlen(scene.stream) == 0
+
+
+def test_waiting_longer_than_five_seconds_is_quiet_and_times_out_as_asked(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    scene.worker()
+    slow = scene.task("busy").delay("slow", 7.0)
+
+    with caplog.at_level(logging.WARNING, logger="streamtasks"), pytest.raises(TimeoutError):
+        slow.get(timeout=5.5)
+    with caplog.at_level(logging.WARNING, logger="streamtasks"):
+        assert slow.get(timeout=10) != ""
+
+    # Nothing went wrong with Redis, so the caller is not told it did.
+    assert [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()] == []
