@@ -1,0 +1,1 @@
+"""Benchmarks of streamtasks against the raw-Redis limit and its peers: `python -m benchmarks.run`."""

@@ -1,0 +1,283 @@
+"""The measurements of streamtasks and of the raw redis-py loop it is judged against."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from benchmarks import procs, rawloop
+from benchmarks.drain import Contestant
+from benchmarks.names import DONE, HOLDING, RAW_STREAM, STAMPS, STARTED
+
+# streamtasks' app: imported lazily, after run.py has pointed STREAMTASKS_URL at our server.
+APP_MODULE = "benchmarks.st_app"
+STREAM = "bench:{default}:stream"
+
+
+def st() -> Any:
+    import benchmarks.st_app as module
+
+    return module
+
+
+def _chunks(n: int, size: int) -> list[int]:
+    return [min(size, n - i) for i in range(0, n, size)]
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def _rate(n: int, fn: Callable[[], None]) -> float:
+    began = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - began)
+
+
+def enqueue_rates(client: redis.Redis, n: int) -> dict[str, float]:
+    """Messages per second: .delay() one at a time, task.map 100 per call, and raw XADD alone
+    and pipelined 100 at a time (each raw message built like ours: uuid4 id + msgpack call)."""
+    noop = st().noop
+    out: dict[str, float] = {}
+
+    def delay() -> None:
+        for _ in range(n):
+            noop.delay()
+
+    def bulk() -> None:
+        for size in _chunks(n, 100):
+            noop.map(range(size))
+
+    def raw_one() -> None:
+        for _ in range(n):
+            client.xadd(RAW_STREAM, rawloop.fields("noop", []))  # type: ignore[arg-type]
+
+    def raw_pipelined() -> None:
+        for size in _chunks(n, 100):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(size):
+                pipe.xadd(RAW_STREAM, rawloop.fields("noop", []))  # type: ignore[arg-type]
+            pipe.execute()
+
+    st().noop.delay()  # opens the app's connection pool outside the timed part
+    for key, fn in [
+        ("delay", delay),
+        ("map", bulk),
+        ("raw_xadd", raw_one),
+        ("raw_pipeline", raw_pipelined),
+    ]:
+        client.flushdb()
+        out[key] = _rate(n, fn)
+    client.flushdb()
+    return out
+
+
+# -- drain contestants -----------------------------------------------------------------------
+
+
+def st_worker(
+    concurrency: int, processes: int = 1, extra: list[str] | None = None
+) -> Callable[[str, str], list[str]]:
+    def command(url: str, body: str) -> list[str]:
+        return procs.python(
+            "-m",
+            "streamtasks",
+            "worker",
+            "-A",
+            f"{APP_MODULE}:app",
+            "-c",
+            str(concurrency),
+            "-p",
+            str(processes),
+            "-l",
+            "warning",
+            "--url",
+            url,
+            *(extra or []),
+        )
+
+    return command
+
+
+def _st_fill(variant: str) -> Callable[[str, str, int], None]:
+    def fill(url: str, body: str, n: int) -> None:
+        module = st()
+        task = getattr(module, f"{body}_result") if variant == "results" else getattr(module, body)
+        if variant == "keyed":
+            for i in range(n):
+                task.apply_async(idempotency_key=f"k{i}")
+            return
+        for size in _chunks(n, 1000):
+            task.map(range(size))
+
+    return fill
+
+
+def _st_remaining(client: redis.Redis) -> int:
+    # A settled entry is acked and deleted in one step, so the stream length is what is left.
+    return int(client.xlen(STREAM))
+
+
+VARIANTS = {
+    "ignore": "results ignored",
+    "results": "results stored",
+    "keyed": "idempotency key on every task",
+}
+
+
+def streamtasks(variant: str, concurrency: int, processes: int = 1) -> Contestant:
+    return Contestant(
+        name=f"streamtasks-{variant}-p{processes}",
+        settings=f"-p {processes} -c {concurrency} -l warning; {VARIANTS[variant]}",
+        fill=_st_fill(variant),
+        command=st_worker(concurrency, processes),
+        remaining=_st_remaining,
+    )
+
+
+def _raw_fill(url: str, body: str, n: int) -> None:
+    client = redis.Redis.from_url(url)
+    rawloop.ensure_group(client)
+    for size in _chunks(n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(size):
+            pipe.xadd(RAW_STREAM, rawloop.fields(body, [i]))  # type: ignore[arg-type]
+        pipe.execute()
+    client.close()
+
+
+def _raw_remaining(client: redis.Redis) -> int:
+    group = client.xinfo_groups(RAW_STREAM)[0]
+    return int(group["lag"] or 0) + int(group["pending"])
+
+
+def raw() -> Contestant:
+    return Contestant(
+        name="raw",
+        settings="redis-py XREADGROUP COUNT 100, msgpack decode, call, pipelined XACK; no XDEL",
+        fill=_raw_fill,
+        command=lambda url, body: procs.python("-m", "benchmarks.rawloop", "--url", url),
+        remaining=_raw_remaining,
+    )
+
+
+# -- latency ---------------------------------------------------------------------------------
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50": statistics.median(ordered) * 1000, "p99": cuts[98] * 1000}
+
+
+def _paced(n: int, gap: float, send: Callable[[float], None]) -> None:
+    """Call send(now) n times, `gap` seconds apart (later if a send takes longer)."""
+    for _ in range(n):
+        at = time.time()
+        send(at)
+        pause = at + gap - time.time()
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _stamps(client: redis.Redis) -> list[float]:
+    return [float(v) for v in client.lrange(STAMPS, 0, -1)]
+
+
+def latency_streamtasks(client: redis.Redis, url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """Enqueue-to-start (recorded by the task) and enqueue-to-get() for `n` tasks sent `gap` apart
+    to an idle worker, one at a time."""
+    client.flushdb()
+    stamp = st().stamp
+    proc = procs.spawn(st_worker(concurrency)(url, "stamp"), "streamtasks-latency")
+    try:
+        stamp.delay(time.time()).get(timeout=30)  # the worker is up and idle
+        client.delete(STAMPS)
+        finished: list[float] = []
+
+        def send(at: float) -> None:
+            stamp.delay(at).get(timeout=10)
+            finished.append(time.time() - at)
+
+        _paced(n, 0.005, send)
+        pickup = _stamps(client)
+    finally:
+        procs.stop(proc)
+    return {"pickup": _percentiles(pickup), "result": _percentiles(finished)}
+
+
+def latency_raw(client: redis.Redis, url: str, n: int) -> dict[str, Any]:
+    client.flushdb()
+    rawloop.ensure_group(client)
+    proc = procs.spawn(raw().command(url, "stamp"), "raw-latency")
+    try:
+        client.xadd(RAW_STREAM, rawloop.fields("stamp", [time.time()]))  # type: ignore[arg-type]
+        if client.blpop([STAMPS], timeout=30) is None:
+            raise RuntimeError(f"raw loop did not start:\n{procs.tail(proc)}")
+
+        def send(at: float) -> None:
+            client.xadd(RAW_STREAM, rawloop.fields("stamp", [at]))  # type: ignore[arg-type]
+
+        _paced(n, 0.005, send)
+        _wait_for_length(client, STAMPS, n, 10.0)
+        pickup = _stamps(client)
+    finally:
+        procs.stop(proc)
+    return {"pickup": _percentiles(pickup)}
+
+
+def _wait_for_length(client: redis.Redis, key: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while client.llen(key) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key}: {client.llen(key)} of {n} after {timeout}s")
+        time.sleep(0.01)
+
+
+# -- recovery --------------------------------------------------------------------------------
+
+VISIBILITY_TIMEOUT = 5.0
+HELD = 4
+
+
+def recovery(client: redis.Redis, url: str) -> float:
+    """Seconds from kill -9 of a worker holding HELD running tasks until a second, idle worker has
+    completed them all; the app's visibility timeout is VISIBILITY_TIMEOUT."""
+    client.flushdb()
+    env = {"BENCH_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    command = st_worker(HELD)
+    first = procs.spawn([*command(url, "hold"), "-n", "bench-a"], "recovery-a", env)
+    second = None
+    try:
+        # The first runs block while HOLDING is set; the re-runs after the crash return at once.
+        client.set(HOLDING, 1)
+        for _ in range(HELD):
+            st().hold.delay(60.0)
+        _wait_for_length(client, STARTED, HELD, 30.0)
+        second = procs.spawn([*command(url, "hold"), "-n", "bench-b"], "recovery-b", env)
+        _wait_for_blocked_read(client, 30.0)
+        procs.kill9(first)
+        killed = time.monotonic()
+        client.delete(HOLDING)
+        _wait_for_length(client, DONE, HELD, VISIBILITY_TIMEOUT * 4 + 30)
+        return time.monotonic() - killed
+    finally:
+        procs.stop(first)
+        if second is not None:
+            procs.stop(second)
+
+
+def _wait_for_blocked_read(client: redis.Redis, timeout: float) -> None:
+    """Wait until some client sits in a blocking XREADGROUP: the idle second worker is ready
+    (the first, at capacity with its held tasks, is not reading)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(
+            c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in client.client_list()
+        ):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"no worker waiting on XREADGROUP after {timeout}s")
