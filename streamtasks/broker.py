@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import redis
 
@@ -56,8 +56,7 @@ def _load_script(name: str) -> str:
     return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-@dataclass(frozen=True)
-class SettleRecord:
+class SettleRecord(NamedTuple):
     """One finished run to apply: see settle.lua for the meaning of each slot."""
 
     entry_id: str
@@ -68,6 +67,11 @@ class SettleRecord:
     data: bytes = b""
     idempotency_key: str | None = None
     extra: bytes | str = b""
+
+    @property
+    def is_plain_ack(self) -> bool:
+        """An ack with nothing else to write, sent as a bare id."""
+        return self.action == "a" and self.result_key is None and self.idempotency_key is None
 
 
 @dataclass(frozen=True)
@@ -164,9 +168,12 @@ class Broker:
     @_translating
     def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[bool]:
         """Apply finished runs in one atomic step each (one round trip); False where fenced."""
+        plain = [i for i, r in enumerate(records) if r.is_plain_ack]
+        full = [i for i, r in enumerate(records) if not r.is_plain_ack]
         extra_keys: list[str] = []
-        args: list[Any] = [GROUP, consumer]
-        for r in records:
+        args: list[Any] = [GROUP, consumer, len(plain), *(records[i].entry_id for i in plain)]
+        for i in full:
+            r = records[i]
             rkey = ikey = 0
             if r.result_key is not None:
                 extra_keys.append(r.result_key)
@@ -178,7 +185,10 @@ class Broker:
         applied = self._scripts["settle"](
             keys=[keys.stream, keys.dead, keys.delayed, *extra_keys], args=args
         )
-        return [bool(flag) for flag in applied]
+        flags = [False] * len(records)
+        for i, flag in zip(plain + full, applied, strict=True):
+            flags[i] = bool(flag)
+        return flags
 
     @_translating
     def promote(self, keys: QueueKeys, now_ms: int, limit: int = 500) -> tuple[int, int | None]:
@@ -239,7 +249,8 @@ class Broker:
     @_translating
     def backlog(self, keys: QueueKeys) -> tuple[int, int, int]:
         """(entries not yet delivered or still pending, pending, delayed) of a queue."""
-        pipe = self._r.pipeline(transaction=False)
+        # MULTI: one snapshot, so a message being promoted is never counted in neither place.
+        pipe = self._r.pipeline(transaction=True)
         pipe.xlen(keys.stream)
         pipe.xpending(keys.stream, GROUP)
         pipe.zcard(keys.delayed)

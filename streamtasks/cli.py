@@ -277,6 +277,15 @@ def status(app: App, url: str | None, as_json: bool) -> None:
         )
 
 
+@main.command()
+@AS_JSON
+def demo(as_json: bool) -> None:
+    """Black Friday on an embedded Redis: 1,000 orders for 100 units, one worker killed mid-run."""
+    from streamtasks.demo import run_demo
+
+    sys.exit(run_demo(as_json=as_json))
+
+
 def run() -> None:
     """Entry point: StreamTasksError becomes a one-line message and exit status 1."""
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +22,15 @@ class TaskContext:
     worker: str
 
 
-_current: ContextVar[TaskContext | None] = ContextVar("streamtasks_current_task", default=None)
+# Holds a function that builds the context, so runs that never ask for it never pay for it.
+_current: ContextVar[Callable[[], TaskContext] | None] = ContextVar(
+    "streamtasks_current_task", default=None
+)
 
 
 def current_task() -> TaskContext:
     """The context of the task running in this thread; raises outside a task."""
-    context = _current.get()
-    if context is None:
+    build = _current.get()
+    if build is None:
         raise StreamTasksError("current_task() called outside a running task")
-    return context
+    return build()

@@ -14,12 +14,12 @@ from streamtasks.errors import ConfigurationError
 #: The consumer group every worker of every queue joins.
 GROUP = "streamtasks"
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-:]+$")
+_NAME = re.compile(r"[A-Za-z0-9_.\-:]+")
 
 
 def check_name(kind: str, name: str) -> str:
     """Reject names that would break a hash tag or a key (braces, spaces, empty)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigurationError(
             f"invalid {kind} name {name!r}: use letters, digits and _ . - : only"
         )

@@ -14,8 +14,7 @@ language (see docs/protocol.md)::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -26,29 +25,16 @@ SCHEMA_VERSION = "1"
 Fields = dict[str, bytes | str]
 
 
-@dataclass(frozen=True)
-class Message:
-    """One task invocation, as enqueued."""
+class Message(NamedTuple):
+    """One task invocation, as enqueued (a tuple: cheap to build once per task)."""
 
     id: str
     task: str
     args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = {}
+    headers: Mapping[str, Any] = {}
     attempt: int = 0
     idempotency_key: str | None = None
-
-    def retried(self) -> Message:
-        """The same call, one attempt later."""
-        return Message(
-            self.id,
-            self.task,
-            self.args,
-            self.kwargs,
-            self.headers,
-            self.attempt + 1,
-            self.idempotency_key,
-        )
 
 
 def pack(obj: Any) -> bytes:

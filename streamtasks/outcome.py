@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streamtasks.broker import SettleRecord
 from streamtasks.errors import DecodeError, EncodeError
@@ -13,11 +13,10 @@ from streamtasks.message import Message, decode, netstring, pack
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, RetryLater, Succeeded
 
 if TYPE_CHECKING:
-    from streamtasks.context import TaskContext
     from streamtasks.task import Task, TaskOptions
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Delivery:
     """An entry this worker holds, from fetch until its outcome is settled."""
 
@@ -59,12 +58,15 @@ class Delivery:
         return self.message.task if self.message else "?"
 
     @property
+    def attempt(self) -> int:
+        return self.message.attempt if self.message else 0
+
+    @property
     def options(self) -> TaskOptions | None:
         return self.task.options if self.task else None
 
 
-@dataclass(frozen=True)
-class Settle:
+class Settle(NamedTuple):
     """A record for the settler; `final` ones end the delivery, an ack on receipt does not."""
 
     delivery: Delivery
@@ -80,9 +82,11 @@ def _result_key(d: Delivery) -> str | None:
     return d.keys.result(d.message.id)
 
 
-def _dead_fields(d: Delivery, error: ErrorInfo, context: TaskContext, now: float) -> bytes:
+def _dead_fields(d: Delivery, error: ErrorInfo, worker: str, now: float) -> bytes:
+    """The dead-letter entry: the original fields as they were, then why it failed."""
     return netstring(
         [
+            *(item for pair in d.fields.items() for item in pair),
             "error_type",
             error.type_name,
             "error",
@@ -90,9 +94,9 @@ def _dead_fields(d: Delivery, error: ErrorInfo, context: TaskContext, now: float
             "traceback",
             error.traceback,
             "attempts",
-            str(context.attempt + 1),
+            str(d.attempt + 1),
             "worker",
-            context.worker,
+            worker,
             "failed_at",
             str(int(now * 1000)),
             "origin_stream",
@@ -106,8 +110,8 @@ def _dead_fields(d: Delivery, error: ErrorInfo, context: TaskContext, now: float
 def record_for(
     d: Delivery,
     outcome: Outcome,
-    context: TaskContext,
     *,
+    worker: str,
     now: float,
     result_ttl: float,
     idempotency_ttl: float,
@@ -139,15 +143,15 @@ def record_for(
     if isinstance(outcome, RetryLater):
         due_ms = int((now + outcome.delay) * 1000)
         fields = dict(d.fields)
-        fields[b"attempt"] = str(context.attempt + 1).encode()
+        fields[b"attempt"] = str(d.attempt + 1).encode()
         extra = b"%d:" % due_ms + netstring([x for pair in fields.items() for x in pair])
-        data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": context.attempt})
+        data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": d.attempt})
         return _late(
             d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra), "RETRY"
         )
     assert isinstance(outcome, DeadLetter)
     data = pack(outcome.error.as_dict())
-    extra = _dead_fields(d, outcome.error, context, now)
+    extra = _dead_fields(d, outcome.error, worker, now)
     return _late(d, SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, None, extra), "DEAD")
 
 
@@ -167,11 +171,11 @@ def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
     return Settle(d, record, status)
 
 
-def refused(d: Delivery, context: TaskContext, now: float, result_ttl: float) -> Settle:
+def refused(d: Delivery, worker: str, now: float, result_ttl: float) -> Settle:
     """An entry that cannot run (undecodable, unknown task or schema): dead-letter it unrun."""
     assert d.problem is not None
     return record_for(
-        d, DeadLetter(d.problem), context, now=now, result_ttl=result_ttl, idempotency_ttl=0
+        d, DeadLetter(d.problem), worker=worker, now=now, result_ttl=result_ttl, idempotency_ttl=0
     )
 
 

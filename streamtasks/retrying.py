@@ -38,6 +38,8 @@ class Outage:
         )
 
     def recovered(self) -> None:
+        if self._since is None:
+            return
         with self._lock:
             if self._since is None:
                 return
@@ -64,12 +66,27 @@ def call(
     max_wait: float = 5.0,
 ) -> T:
     """Run `fn`, retrying BrokerUnavailable with backoff until it succeeds, `stop` is set, or
-    `give_up_after` seconds pass (then BrokerUnavailable is raised)."""
-    stops: list[tenacity.stop.stop_base] = []
-    if stop is not None:
-        stops.append(tenacity.stop_when_event_set(stop))
-    if give_up_after is not None:
-        stops.append(tenacity.stop_after_delay(give_up_after))
+    `give_up_after` seconds pass (then BrokerUnavailable is raised, never much later)."""
+    began = time.monotonic()
+    try:
+        result = fn()
+    except BrokerUnavailable as exc:
+        # Only a failure pays for building the retry loop: this is every enqueue's hot path.
+        outage.failed(exc)
+    else:
+        if outage.down:
+            outage.recovered()
+        return result
+    deadline = None if give_up_after is None else began + give_up_after
+    backoff = tenacity.wait_random_exponential(multiplier=0.05, max=max_wait)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        pause = backoff(state)
+        return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+
+    def give_up(state: tenacity.RetryCallState) -> bool:
+        stopped = stop is not None and stop.is_set()
+        return stopped or (deadline is not None and time.monotonic() >= deadline)
 
     def pause(seconds: float) -> None:
         if stop is None:
@@ -79,8 +96,8 @@ def call(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-        wait=tenacity.wait_random_exponential(multiplier=0.05, max=max_wait),
-        stop=tenacity.stop_any(*stops) if stops else tenacity.stop_never,
+        wait=wait,
+        stop=give_up,
         sleep=pause,
         before_sleep=lambda state: outage.failed(state.outcome.exception()),  # type: ignore[union-attr, arg-type]
         reraise=True,

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _SOON = 0.05
 _MAX_PREFETCH = 200
 _SETTLE_BATCH = 500
+_HANDOFF_BATCH = 100
 _STOP: Any = object()
 _worker_numbers = itertools.count()
 
@@ -94,7 +95,7 @@ class Worker:
         self._abort = threading.Event()
         self._keeper_stop = threading.Event()
         self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._settles: queue.SimpleQueue[Settle] = queue.SimpleQueue()
+        self._settles: queue.SimpleQueue[list[Settle]] = queue.SimpleQueue()
         self._held: dict[tuple[str, str], Delivery] = {}
         self._changed = threading.Condition()
         self._avg_run = 1.0
@@ -325,9 +326,7 @@ class Worker:
                     d.problem.message,
                     extra={"queue": keys.queue, "entry_id": d.entry_id},
                 )
-                self._settles.put(
-                    refused(d, self._context(d), self.app.clock(), self.app.result_ttl)
-                )
+                self._settles.put([refused(d, self.name, self.app.clock(), self.app.result_ttl)])
             elif id(d) in done:
                 log.info(
                     "%s[%s] already done under key %s; not run again",
@@ -336,33 +335,46 @@ class Worker:
                     d.message.idempotency_key,  # type: ignore[union-attr]
                     extra={"task_id": d.task_id},
                 )
-                self._settles.put(skipped(d))
+                self._settles.put([skipped(d)])
             else:
                 self._work.put(d)
 
     # -- executing -------------------------------------------------------------------------
 
     def _execute_loop(self) -> None:
+        # Finished runs go to the settler in batches, handed over whenever no more work is ready
+        # at once: one wake-up per batch instead of per task, and no wait when work runs dry.
+        done: list[Settle] = []
         while True:
-            d = self._work.get()
+            try:
+                d = self._work.get_nowait()
+            except queue.Empty:
+                if done:
+                    self._settles.put(done)
+                    done = []
+                d = self._work.get()
             if d is None:
+                if done:
+                    self._settles.put(done)
                 return
-            self._settles.put(self._execute(d))
+            done.append(self._execute(d))
+            if len(done) >= _HANDOFF_BATCH:
+                self._settles.put(done)
+                done = []
 
     def _execute(self, d: Delivery) -> Settle:
         message, task = d.message, d.task
         assert message is not None and task is not None
-        context = self._context(d)
         d.started = True
         if not task.options.acks_late:
-            self._settles.put(early_ack(d))
+            self._settles.put([early_ack(d)])
         if task.options.track_started and not task.options.ignore_result:
             self._io(
                 lambda: self.app.broker.write_status(
                     d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
                 )
             )
-        token = _current.set(context)
+        token = _current.set(partial(self._context, d))
         began = time.perf_counter()
         try:
             value, exc = task.fn(*message.args, **message.kwargs), None
@@ -376,7 +388,7 @@ class Worker:
         settle = record_for(
             d,
             outcome,
-            context,
+            worker=self.name,
             now=self.app.clock(),
             result_ttl=self.app.result_ttl,
             idempotency_ttl=self.app.idempotency_ttl,
@@ -413,16 +425,16 @@ class Worker:
             first = self._settles.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch = list(first)
             while len(batch) < _SETTLE_BATCH:
                 try:
-                    item = self._settles.get_nowait()
+                    more = self._settles.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if more is _STOP:
                     self._settle(batch)
                     return
-                batch.append(item)
+                batch.extend(more)
             self._settle(batch)
 
     def _settle(self, batch: list[Settle]) -> None:

@@ -29,19 +29,3 @@ local function owner(stream, group, id)
   if p[1] == nil then return false end
   return p[1][2]
 end
-
--- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
-local function bury(stream, dlq, id, extra)
-  local fields = {}
-  local found = redis.call('XRANGE', stream, id, id)
-  if found[1] ~= nil then fields = found[1][2] end
-  for _, v in ipairs(extra) do fields[#fields + 1] = v end
-  redis.call('XADD', dlq, '*', unpack(fields))
-end
-
--- Finish an entry: ack it, then delete it, because acked entries of a task queue are never read
--- again (each queue has exactly one consumer group) and would otherwise pile up in memory.
-local function finish(stream, group, id)
-  redis.call('XACK', stream, group, id)
-  redis.call('XDEL', stream, id)
-end

@@ -6,6 +6,21 @@
 -- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
 --       this consumer's own entries, whatever their idle time), now ms, then task name, timeout ms, ...
 -- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...}, dead-lettered count}.
+-- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
+local function bury(stream, dlq, id, extra)
+  local fields = {}
+  local found = redis.call('XRANGE', stream, id, id)
+  if found[1] ~= nil then fields = found[1][2] end
+  for _, v in ipairs(extra) do fields[#fields + 1] = v end
+  redis.call('XADD', dlq, '*', unpack(fields))
+end
+
+-- Ack, then delete: acked entries are never read again (one consumer group per queue).
+local function finish(stream, group, id)
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+end
+
 local group, me, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local max_deliveries, default_timeout, own = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 local timeouts = {}

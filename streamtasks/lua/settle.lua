@@ -1,35 +1,46 @@
--- Apply the outcomes of finished runs, each atomically and only if this consumer still owns it.
+-- Apply the outcomes of finished runs, each only if this consumer still owns its entry.
 -- KEYS: stream, dlq, delayed zset, then the result and idempotency keys the records point at
--- ARGV: group, consumer, then records of 8:
+-- ARGV: group, consumer, n, then n entry ids to ack plainly (no result, no key: the fast path),
+--   then records of 8:
 --   entry id | action | result key index | result ttl ms | status | data | idem key index | extra
 -- action: 'a' ack (and mark the idempotency key done; extra = its ttl ms)
 --         'r' retry later (extra = "due ms:netstring of the new entry's fields")
---         'd' dead-letter (extra = netstring of the fields to append to the copy)
+--         'd' dead-letter (extra = netstring of the fields of the dead-letter entry)
 --         'e' ack on receipt (acks_late=False): XACK only, the entry stays until its run ends
 --         'A', 'R', 'D': as above for an entry acked on receipt, so not fenced and only deleted
--- Returns one integer per record: 1 applied, 0 refused because another consumer owns the entry.
-local group, me = ARGV[1], ARGV[2]
-local out = {}
-for i = 3, #ARGV, 8 do
+-- Returns one integer per entry, plain ids first: 1 applied, 0 refused because another consumer
+-- owns the entry now.
+local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
+local plain = tonumber(ARGV[3])
+local out, acks, dels = {}, {}, {}
+for i = 4, 3 + plain do
+  if owner(stream, group, ARGV[i]) == me then
+    acks[#acks + 1] = ARGV[i]
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+for i = 4 + plain, #ARGV, 8 do
   local id, action = ARGV[i], ARGV[i + 1]
   local rkey, ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local status, data = ARGV[i + 4], ARGV[i + 5]
   local ikey, extra = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local acked = action == 'A' or action == 'R' or action == 'D'
   local act = string.lower(action)
-  if not acked and owner(KEYS[1], group, id) ~= me then
+  if not acked and owner(stream, group, id) ~= me then
     out[#out + 1] = 0
   else
     if act == 'e' then
-      redis.call('XACK', KEYS[1], group, id)
+      redis.call('XACK', stream, group, id)
     else
       if act == 'r' then
         local colon = string.find(extra, ':', 1, true)
         redis.call('ZADD', KEYS[3], string.sub(extra, 1, colon - 1), string.sub(extra, colon + 1))
       elseif act == 'd' then
-        bury(KEYS[1], KEYS[2], id, unnet(extra))
+        redis.call('XADD', KEYS[2], '*', unpack(unnet(extra)))
       end
-      if acked then redis.call('XDEL', KEYS[1], id) else finish(KEYS[1], group, id) end
+      if acked then dels[#dels + 1] = id else acks[#acks + 1] = id end
       if ikey > 0 and act == 'a' then
         redis.call('HSET', KEYS[ikey], 'done', '1')
         if redis.call('PTTL', KEYS[ikey]) < 0 then redis.call('PEXPIRE', KEYS[ikey], tonumber(extra)) end
@@ -42,4 +53,11 @@ for i = 3, #ARGV, 8 do
     out[#out + 1] = 1
   end
 end
+-- Acked entries are deleted: each queue has one consumer group, so they are never read again
+-- and would otherwise pile up. One XACK and one XDEL for the batch, not one per entry.
+if #acks > 0 then
+  redis.call('XACK', stream, group, unpack(acks))
+  redis.call('XDEL', stream, unpack(acks))
+end
+if #dels > 0 then redis.call('XDEL', stream, unpack(dels)) end
 return out
