@@ -71,7 +71,9 @@ def running(worker: Worker, timeout: float = 10.0) -> Iterator[Worker]:
             raise errors[0]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
     """Wait for state that nothing signals (Redis-side idle times, pending lists); fails on timeout."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()

@@ -31,9 +31,21 @@ def test_all_lists_every_public_name_and_each_one_imports() -> None:
 
 def test_all_holds_the_names_the_issue_promises_and_nothing_private() -> None:
     promised = {
-        "App", "AsyncResult", "Task", "Worker", "current_task", "TaskContext", "Retry", "Reject",
-        "StreamTasksError", "ConfigurationError", "EncodeError", "DecodeError",
-        "BrokerUnavailable", "TaskError", "TimeoutError",
+        "App",
+        "AsyncResult",
+        "Task",
+        "Worker",
+        "current_task",
+        "TaskContext",
+        "Retry",
+        "Reject",
+        "StreamTasksError",
+        "ConfigurationError",
+        "EncodeError",
+        "DecodeError",
+        "BrokerUnavailable",
+        "TaskError",
+        "TimeoutError",
     }
     assert promised <= set(streamtasks.__all__)
     assert not [name for name in streamtasks.__all__ if name.startswith("_")]
@@ -56,7 +68,10 @@ def test_bare_decorator_names_the_task_after_module_and_qualname(memory_app: App
     def ping(x: int) -> int:
         return x
 
-    assert ping.name == f"{__name__}.test_bare_decorator_names_the_task_after_module_and_qualname.<locals>.ping"
+    assert (
+        ping.name
+        == f"{__name__}.test_bare_decorator_names_the_task_after_module_and_qualname.<locals>.ping"
+    )
     assert ping.queue == "default"
     assert memory_app.tasks[ping.name] is ping
     assert ping(7) == 7, "a plain call runs the function in-process"

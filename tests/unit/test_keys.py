@@ -15,7 +15,11 @@ def hash_tag(key: str) -> str:
 def test_every_key_of_a_queue_shares_one_hash_tag_and_the_app_prefix() -> None:
     keys = QueueKeys("shop", "orders")
     all_keys = [
-        keys.stream, keys.dead, keys.delayed, keys.result("t-1"), keys.idempotency("order:o-1"),
+        keys.stream,
+        keys.dead,
+        keys.delayed,
+        keys.result("t-1"),
+        keys.idempotency("order:o-1"),
     ]
     assert len(set(all_keys)) == len(all_keys)
     assert {hash_tag(k) for k in all_keys} == {"orders"}

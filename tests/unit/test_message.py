@@ -11,9 +11,7 @@ from streamtasks.message import SCHEMA_VERSION, Message, decode, encode
 
 def as_entry(fields: dict[str, bytes | str]) -> dict[bytes, bytes]:
     """Fields as redis-py hands them to a consumer: bytes keys and values."""
-    return {
-        k.encode(): v.encode() if isinstance(v, str) else v for k, v in fields.items()
-    }
+    return {k.encode(): v.encode() if isinstance(v, str) else v for k, v in fields.items()}
 
 
 def valid_fields(**overrides: bytes | str) -> dict[bytes, bytes]:
@@ -29,8 +27,13 @@ def valid_fields(**overrides: bytes | str) -> dict[bytes, bytes]:
 
 def test_a_message_round_trips_through_its_fields() -> None:
     message = Message(
-        "id-1", "shop.place_order", ("o-1", 2), {"user": "u-1"}, {"trace": "t"},
-        attempt=2, idempotency_key="order:o-1",
+        "id-1",
+        "shop.place_order",
+        ("o-1", 2),
+        {"user": "u-1"},
+        {"trace": "t"},
+        attempt=2,
+        idempotency_key="order:o-1",
     )
     fields = encode(message)
     assert fields["schema_version"] == SCHEMA_VERSION == "1"
@@ -41,7 +44,10 @@ def test_a_plain_xadd_from_another_language_is_readable() -> None:
     """docs/protocol.md promises that a producer needs only these four fields."""
     message = decode(valid_fields())
     assert (message.id, message.task, message.args, message.kwargs) == (
-        "abc", "shop.ping", (1,), {"a": 2},
+        "abc",
+        "shop.ping",
+        (1,),
+        {"a": 2},
     )
     assert message.attempt == 0
     assert message.idempotency_key is None

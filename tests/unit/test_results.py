@@ -62,7 +62,9 @@ def test_a_failed_task_raises_task_error_with_remote_type_message_and_traceback(
         result.get(timeout=1)
     error = info.value
     assert (error.type_name, error.message, error.status) == (
-        "ValueError", "amount 900 over limit", "FAILURE",
+        "ValueError",
+        "amount 900 over limit",
+        "FAILURE",
     )
     assert "in charge" in error.traceback
     assert "ValueError: amount 900 over limit" in error.traceback
@@ -80,7 +82,9 @@ def test_a_rejected_task_is_dead_and_get_says_so(memory_app: App) -> None:
     with pytest.raises(TaskError) as info:
         result.get(timeout=1)
     assert (info.value.type_name, info.value.message, info.value.status) == (
-        "Reject", "card declined", "DEAD",
+        "Reject",
+        "card declined",
+        "DEAD",
     )
 
 
@@ -101,8 +105,9 @@ def test_status_is_retry_while_a_retry_waits_for_its_due_time(
 ) -> None:
     runs: list[int] = []
 
-    @clock_app.task(name="flaky", autoretry_for=(GatewayTimeout,), retry_backoff=10.0,
-                    retry_jitter=False)
+    @clock_app.task(
+        name="flaky", autoretry_for=(GatewayTimeout,), retry_backoff=10.0, retry_jitter=False
+    )
     def flaky() -> str:
         runs.append(current_task().attempt)
         if len(runs) == 1:
@@ -112,13 +117,15 @@ def test_status_is_retry_while_a_retry_waits_for_its_due_time(
     result = flaky.delay()
     with running(clock_app.Worker()):
         # The first status a producer can see is RETRY: wait for it on the result stream.
-        first = clock_app.broker.result_entries(clock_app.keys("default").result(result.id),
-                                                "0-0", 5000)
+        first = clock_app.broker.result_entries(
+            clock_app.keys("default").result(result.id), "0-0", 5000
+        )
         assert [f[b"status"] for _, f in first] == [b"RETRY"]
         assert result.status == "RETRY"
         assert not result.ready()
-        score = clock_app.broker.client.zrange(clock_app.keys("default").delayed, 0, -1,
-                                               withscores=True)[0][1]
+        score = clock_app.broker.client.zrange(
+            clock_app.keys("default").delayed, 0, -1, withscores=True
+        )[0][1]
         assert score == (clock.now + 10.0) * 1000, "due after exactly the backoff"
         clock.advance(10.0)
         assert result.get(timeout=5) == "ok"
@@ -176,8 +183,14 @@ def test_current_task_describes_the_running_task(memory_app: App) -> None:
     result.get(timeout=1)
     assert seen == [
         TaskContext(
-            id=result.id, name="shop.place_order", queue="orders", attempt=0, retries_left=4,
-            idempotency_key="order:o-1", headers={"trace_id": "abc"}, worker="worker-7",
+            id=result.id,
+            name="shop.place_order",
+            queue="orders",
+            attempt=0,
+            retries_left=4,
+            idempotency_key="order:o-1",
+            headers={"trace_id": "abc"},
+            worker="worker-7",
         )
     ]
 
