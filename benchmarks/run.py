@@ -338,21 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     from benchmarks import peers as peer_registry
 
-    peers, skipped = (
-        peer_registry.available()
-        if args.peers
-        else (
-            [],
-            {
-                name: "not run: pass --peers (and install the extra: pip install -e '.[bench]')"
-                for name in peer_registry.NAMES
-            },
-        )
-    )
     run = Run()
     try:
         with BenchRedis() as server:
-            os.environ["STREAMTASKS_URL"] = server.url
+            os.environ["STREAMTASKS_URL"] = os.environ["BENCH_URL"] = server.url
+            if args.peers:
+                peers, skipped = peer_registry.available()
+            else:
+                peers, skipped = (
+                    [],
+                    dict.fromkeys(
+                        peer_registry.NAMES,
+                        "not run: pass --peers (and install the extra: pip install -e '.[bench]')",
+                    ),
+                )
             redis_version = server.version
             for index in range(args.runs):
                 print(f"run {index + 1} of {args.runs}", file=sys.stderr)

@@ -1,0 +1,57 @@
+"""streaq as a peer: the Worker its command loads and how the harness drives it."""
+
+from __future__ import annotations
+
+import anyio
+import redis
+from streaq import Worker
+
+from benchmarks import procs
+from benchmarks.drain import Contestant
+from benchmarks.peers._common import async_incr, url
+
+worker = Worker(redis_url=url() or "redis://127.0.0.1:1")
+
+
+@worker.task(ttl=0)
+async def noop(*args: object) -> None:
+    pass
+
+
+@worker.task(ttl=0)
+async def incr(*args: object) -> None:
+    await async_incr()
+
+
+SETTINGS = "one process, concurrency 16 (default), ttl=0 (results ignored)"
+
+
+def _fill(_url: str, body: str, n: int) -> None:
+    task = {"noop": noop, "incr": incr}[body]
+
+    async def fill() -> None:
+        async with worker:
+            for start in range(0, n, 1000):
+                await worker.enqueue_many([task.enqueue() for _ in range(min(1000, n - start))])
+
+    anyio.run(fill)
+
+
+def _remaining(client: redis.Redis) -> int:
+    # streaq acks and deletes an entry in one step when the task ends.
+    return int(client.xlen("streaq:default:queues:normal"))
+
+
+def contestant() -> Contestant:
+    return Contestant(
+        name="streaq",
+        settings=SETTINGS,
+        fill=_fill,
+        remaining=_remaining,
+        command=lambda _url, _body: procs.python(
+            "-m",
+            "streaq",
+            "run",
+            "benchmarks.peers.streaq_peer:worker",
+        ),
+    )
