@@ -74,7 +74,7 @@ def running(worker: Worker, timeout: float = 10.0) -> Iterator[Worker]:
 def wait_until(
     predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
 ) -> None:
-    """Wait for state that nothing signals (Redis-side idle times, pending lists); fails on timeout."""
+    """Wait for state nothing signals (Redis-side idle times, pending lists); fail on timeout."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     while not predicate():
