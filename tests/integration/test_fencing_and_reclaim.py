@@ -202,7 +202,7 @@ def test_a_task_three_times_longer_than_its_visibility_timeout_runs_once(
 
 def test_pruning_removes_idle_consumers_that_hold_nothing(redis_app: App) -> None:
     redis_app.task(name="t")(lambda: None).delay()
-    holder, empty, me = (Consumer(redis_app, n) for n in ("holder", "empty", "me"))
+    holder = Consumer(redis_app, "holder")
     assert len(holder.read()) == 1
     keys = redis_app.keys("default")
     for name in ("empty", "me"):
