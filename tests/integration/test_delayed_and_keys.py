@@ -1,0 +1,133 @@
+"""Delayed delivery, retry backoff and idempotency keys on a real Redis, with concurrent callers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import pytest
+
+from streamtasks import App, AsyncResult, TaskError, current_task
+from tests.unit.support import ManualClock, running
+
+
+class GatewayTimeout(Exception):
+    pass
+
+
+def test_concurrent_promoters_move_each_due_message_exactly_once(
+    make_app: Callable[..., App], app_name: str
+) -> None:
+    clock = ManualClock()
+    producer = make_app(app_name, clock=clock)
+    task = producer.task(name="later")(lambda: None)
+    sent = {task.apply_async((n,), countdown=10).id for n in range(300)}
+    clock.advance(10)
+    now_ms = int(clock() * 1000)
+    promoters = [make_app(app_name) for _ in range(6)]
+    keys = producer.keys("default")
+    start = threading.Barrier(len(promoters))
+
+    def promote(app: App) -> int:
+        start.wait()
+        moved = 0
+        while True:
+            n, _ = app.broker.promote(keys, now_ms, limit=20)
+            if n == 0:
+                return moved
+            moved += n
+
+    with ThreadPoolExecutor(len(promoters)) as pool:
+        counts = list(pool.map(promote, promoters))
+    assert sum(counts) == 300
+    entries = producer.broker.client.xrange(keys.stream)
+    ids = [fields[b"id"].decode() for _, fields in entries]
+    assert len(ids) == 300 and set(ids) == sent, "every message once, none twice"
+    assert producer.broker.client.zcard(keys.delayed) == 0
+
+
+def test_promote_leaves_messages_that_are_not_due(redis_app: App) -> None:
+    task = redis_app.task(name="later")(lambda: None)
+    task.apply_async(countdown=60)
+    keys = redis_app.keys("default")
+    due_ms = int(redis_app.broker.client.zrange(keys.delayed, 0, 0, withscores=True)[0][1])
+    assert redis_app.broker.promote(keys, due_ms - 1) == (0, due_ms)
+    assert redis_app.broker.promote(keys, due_ms) == (1, None)
+
+
+def test_a_running_worker_starts_a_delayed_task_soon_after_it_is_due(redis_app: App) -> None:
+    started: list[float] = []
+    task = redis_app.task(name="later")(lambda: started.append(time.time()))
+    keys = redis_app.keys("default")
+    with running(redis_app.Worker()):
+        result = task.apply_async(countdown=0.4)
+        due = redis_app.broker.client.zrange(keys.delayed, 0, 0, withscores=True)[0][1] / 1000
+        result.get(timeout=5)
+    [began] = started
+    assert began >= due - 0.002, f"started {due - began:.3f}s before it was due"
+    assert began - due < 0.5, f"started {began - due:.3f}s after it was due (target ~0.1 s)"
+
+
+def test_retry_delays_fall_inside_the_backoff_bounds(
+    make_app: Callable[..., App], app_name: str
+) -> None:
+    clock = ManualClock()
+    app = make_app(app_name, clock=clock)
+    attempts: list[int] = []
+
+    @app.task(
+        name="flaky",
+        autoretry_for=(GatewayTimeout,),
+        max_retries=3,
+        retry_backoff=2.0,
+        retry_backoff_max=5.0,
+        retry_jitter=True,
+    )
+    def flaky() -> None:
+        attempts.append(current_task().attempt)
+        raise GatewayTimeout("gateway timed out")
+
+    result = flaky.delay()
+    keys = app.keys("default")
+    after = "0-0"
+    with running(app.Worker()):
+        for attempt, full in enumerate([2.0, 4.0, 5.0]):
+            [(after, fields)] = app.broker.result_entries(keys.result(result.id), after, 5000)
+            assert fields[b"status"] == b"RETRY"
+            info = msgpack.unpackb(fields[b"data"])
+            [(_, score)] = app.broker.client.zrange(keys.delayed, 0, -1, withscores=True)
+            assert score == info["due_ms"], "the delayed zset holds the retry at its due time"
+            delay = score / 1000 - clock()
+            assert full / 2 - 0.001 <= delay <= full + 0.001, f"retry {attempt + 1}: {delay}s"
+            clock.set(score / 1000)
+        with pytest.raises(TaskError) as info:
+            result.get(timeout=5)
+    assert info.value.status == "DEAD"
+    assert attempts == [0, 1, 2, 3]
+
+
+def test_a_hundred_producers_with_one_key_enqueue_one_task(
+    make_app: Callable[..., App], app_name: str
+) -> None:
+    producers = [make_app(app_name) for _ in range(4)]
+    runs: list[str] = []
+    for app in producers:
+        app.task(name="place_order")(lambda order_id: runs.append(order_id))
+    start = threading.Barrier(100)
+
+    def produce(n: int) -> AsyncResult[object]:
+        task = producers[n % 4].tasks["place_order"]
+        start.wait()
+        return task.apply_async(("o-1",), idempotency_key="order:o-1")
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(produce, range(100)))
+    assert len({r.id for r in results}) == 1
+    app = producers[0]
+    assert app.broker.client.xlen(app.keys("default").stream) == 1
+    app.Worker().drain(timeout=10)
+    assert runs == ["o-1"]
+    assert all(r.status == "SUCCESS" for r in results[:3])

@@ -1,0 +1,71 @@
+"""Redis outages on a server of the test's own (`own_redis`): workers and producers ride them out
+and lose nothing that was enqueued. The server keeps its port and AOF directory across restarts."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+from streamtasks import App, AsyncResult
+from tests.redis_server import RedisServer
+from tests.unit.support import running, wait_until
+
+
+def test_a_worker_started_while_redis_is_down_serves_once_it_is_up(
+    own_redis: RedisServer, make_app: Callable[..., App], app_name: str
+) -> None:
+    app = make_app(app_name, url=own_redis.url)
+    task = app.task(name="ping")(lambda x: x)
+    result = task.delay("pong")
+    own_redis.stop()
+    worker = app.Worker()
+    with running(worker):
+        wait_until(lambda: worker.outage.down, what="the worker to notice the outage")
+        own_redis.start()
+        assert result.get(timeout=8) == "pong"
+    assert not worker.outage.down
+
+
+def test_a_redis_restart_mid_run_loses_no_enqueued_task(
+    own_redis: RedisServer, make_app: Callable[..., App], app_name: str
+) -> None:
+    app = make_app(app_name, url=own_redis.url)
+    runs = Counter[int]()
+    lock = threading.Lock()
+
+    @app.task(name="count")
+    def count(n: int) -> int:
+        with lock:
+            runs[n] += 1
+        return n
+
+    worker = app.Worker(concurrency=2)
+    with running(worker):
+        before = count.map(range(200))
+        own_redis.stop()  # a planned restart: AOF flushed, then the same port again
+        own_redis.start()
+        after = count.map(range(200, 300))
+        results = [r.get(timeout=8) for r in before + after]
+    assert results == list(range(300))
+    assert set(runs) == set(range(300)), "every enqueued task ran"
+    keys = app.keys("default")
+    assert app.broker.backlog(keys) == (0, 0, 0)
+
+
+def test_a_producer_rides_out_a_short_outage(
+    own_redis: RedisServer, make_app: Callable[..., App], app_name: str
+) -> None:
+    app = make_app(app_name, url=own_redis.url, enqueue_timeout=8.0)
+    task = app.task(name="ping")(lambda: "pong")
+    task.delay()  # connected once before the outage
+    own_redis.stop()
+    sent: list[AsyncResult[str]] = []
+    producer = threading.Thread(target=lambda: sent.append(task.delay()))
+    producer.start()
+    wait_until(lambda: app.outage.down, what="the producer to notice the outage")
+    own_redis.start()
+    producer.join(10)
+    [result] = sent
+    app.Worker().drain(timeout=5)
+    assert result.get(timeout=1) == "pong"

@@ -1,0 +1,169 @@
+"""The worker on a real Redis: streams stay small, results wake waiters at once, several queues,
+drain deadlines, garbage in a stream, and hand-back on shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from streamtasks import App
+from streamtasks import TimeoutError as StreamTasksTimeout
+from streamtasks.keys import GROUP
+from tests.integration.conftest import Consumer
+from tests.redis_server import RedisServer
+from tests.unit.support import running, stream_len, wait_until
+
+
+def test_settled_entries_are_deleted_so_streams_do_not_grow(redis_app: App) -> None:
+    task = redis_app.task(name="noop")(lambda payload: None)
+    keys = redis_app.keys("default")
+    client = redis_app.broker.client
+    task.delay("x")
+    redis_app.Worker().drain(timeout=5)
+    baseline = client.memory_usage(keys.stream)
+
+    task.map(["x" * 200] * 2000)
+    loaded = client.memory_usage(keys.stream)
+    redis_app.Worker().drain(timeout=20)
+    assert client.xlen(keys.stream) == 0
+    assert client.xinfo_groups(keys.stream)[0]["pending"] == 0
+    drained = client.memory_usage(keys.stream)
+    assert loaded > 200 * 2000
+    assert drained <= baseline + 1024, f"{drained} bytes left after draining (was {baseline})"
+
+
+def test_get_blocks_on_redis_and_wakes_as_soon_as_the_result_is_written(
+    redis_app: App, redis_server: RedisServer
+) -> None:
+    finished: list[float] = []
+
+    @redis_app.task(name="quick")
+    def quick() -> str:
+        finished.append(time.monotonic())
+        return "ok"
+
+    result = quick.delay()
+    got: list[tuple[str, float]] = []
+    waiter = threading.Thread(target=lambda: got.append((result.get(timeout=10), time.monotonic())))
+    waiter.start()
+    admin = redis_server.client()
+
+    def blocked_readers() -> int:
+        return sum(1 for c in admin.client_list() if c["cmd"] == "xread" and "b" in c["flags"])
+
+    wait_until(lambda: blocked_readers() == 1, what="get() to block in XREAD")
+    for _ in range(3):  # still one blocking call, not a loop of short ones
+        assert blocked_readers() == 1
+    redis_app.Worker().drain(timeout=5)
+    waiter.join(5)
+    [(value, woke)] = got
+    assert value == "ok"
+    assert woke - finished[0] < 0.25, f"get() returned {woke - finished[0]:.3f}s after the run"
+
+
+def test_one_worker_serves_several_queues(redis_app: App) -> None:
+    served = Counter[str]()
+    for queue in ("orders", "payments", "emails"):
+        redis_app.task(name=f"{queue}.handle", queue=queue)(lambda q=queue: served.update([q]) or q)
+    results = [
+        redis_app.tasks[f"{q}.handle"].delay()
+        for q in ("orders", "payments", "emails")
+        for _ in range(5)
+    ]
+    redis_app.Worker(concurrency=3).drain(timeout=10)
+    assert served == {"orders": 5, "payments": 5, "emails": 5}
+    assert [r.get(timeout=1) for r in results[::5]] == ["orders", "payments", "emails"]
+
+
+def test_a_worker_serves_only_the_queues_it_is_given(redis_app: App) -> None:
+    orders = redis_app.task(name="orders.handle", queue="orders")(lambda: "o")
+    emails = redis_app.task(name="emails.handle", queue="emails")(lambda: "e")
+    o, e = orders.delay(), emails.delay()
+    redis_app.Worker(queues=["orders"]).drain(timeout=5)
+    assert (o.status, e.status) == ("SUCCESS", "PENDING")
+
+
+def test_drain_raises_timeout_error_when_work_cannot_finish(redis_app: App) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    @redis_app.task(name="stuck")
+    def stuck() -> str:
+        started.set()
+        release.wait(4)
+        return "finally"
+
+    result = stuck.delay()
+    worker = redis_app.Worker(name="first", shutdown_timeout=0.2)
+    began = time.monotonic()
+    with pytest.raises(StreamTasksTimeout):
+        worker.drain(timeout=0.5)
+    assert time.monotonic() - began < 3
+    assert started.is_set()
+    # The unfinished entry was handed back, so another worker takes it now, not in 30 s.
+    release.set()
+    redis_app.Worker(name="second").drain(timeout=5)
+    assert result.get(timeout=1) == "finally"
+
+
+def test_garbage_in_a_stream_is_dead_lettered_and_the_worker_keeps_serving(
+    redis_app: App,
+) -> None:
+    good = redis_app.task(name="good")(lambda n: n + 1)
+    stream = redis_app.keys("default").stream
+    client = redis_app.broker.client
+    before = good.delay(1)
+    client.xadd(stream, {"blob": bytes(range(256))})
+    client.xadd(stream, {"schema_version": "7", "id": "x", "task": "good", "call": b"\x90"})
+    stranger = dict(client.xrange(stream, "-", "+", 1)[0][1], task=b"nobody.registered.this")
+    client.xadd(stream, stranger)
+    after = good.delay(2)
+    with running(redis_app.Worker()):
+        assert (before.get(timeout=5), after.get(timeout=5)) == (2, 3)
+        wait_until(lambda: len(redis_app.dead_letters()) == 3, what="three dead letters")
+    kinds = [(d.get("error_type"), d.get("error")) for d in redis_app.dead_letters().list()]
+    assert kinds[0][0] == "DecodeError" and "schema_version" in kinds[0][1]
+    assert kinds[1][0] == "DecodeError" and "'7'" in kinds[1][1]
+    assert kinds[2][0] == "UnknownTask" and "nobody.registered.this" in kinds[2][1]
+    assert redis_app.dead_letters().list()[0].fields[b"blob"] == bytes(range(256))
+    assert stream_len(redis_app) == 0
+
+
+def test_a_restarted_worker_first_reruns_what_it_held(redis_app: App) -> None:
+    runs = Counter[str]()
+    task = redis_app.task(name="t")(lambda n: runs.update([n]))
+    task.map(["a", "b"])
+    ghost = Consumer(redis_app, "stable-name")
+    assert len(ghost.read()) == 2  # then the process died
+    redis_app.Worker(name="stable-name").drain(timeout=5)
+    assert runs == {"a": 1, "b": 1}
+    assert ghost.pending() == {}
+
+
+def test_workers_sharing_a_queue_run_each_task_once(
+    make_app: Callable[..., App], app_name: str
+) -> None:
+    runs = Counter[int]()
+    lock = threading.Lock()
+    apps = [make_app(app_name) for _ in range(3)]
+    for app in apps:
+
+        @app.task(name="count")
+        def count(n: int) -> None:
+            with lock:
+                runs[n] += 1
+
+    apps[0].tasks["count"].map(range(300))
+    workers = [app.Worker(name=f"w{i}", concurrency=2) for i, app in enumerate(apps)]
+    threads = [threading.Thread(target=w.drain, kwargs={"timeout": 15}) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert runs == dict.fromkeys(range(300), 1)
+    infos = apps[0].broker.client.xinfo_groups(apps[0].keys("default").stream)
+    assert [(i["name"], i["pending"]) for i in infos] == [(GROUP.encode(), 0)]
