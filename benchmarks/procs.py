@@ -13,7 +13,15 @@ from pathlib import Path
 import psutil
 
 _live: list[subprocess.Popen[bytes]] = []
-_logs = Path(tempfile.mkdtemp(prefix="streamtasks-bench-logs-"))
+_logs: Path | None = None
+
+
+def log_dir() -> Path:
+    """Where the subprocesses' output goes: one folder per harness run, made on first use."""
+    global _logs
+    if _logs is None:
+        _logs = Path(tempfile.mkdtemp(prefix="streamtasks-bench-logs-"))
+    return _logs
 
 
 #: The repository root: subprocesses run here so `benchmarks.*` modules import.
@@ -22,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def spawn(argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` in a new session (so its children can be ended with it), output to a log."""
-    log = (_logs / f"{name}.log").open("ab")
+    log_path = log_dir() / f"{name}.log"
+    log = log_path.open("ab")
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
     proc = subprocess.Popen(
         argv,
@@ -34,7 +43,7 @@ def spawn(argv: list[str], name: str, env: dict[str, str] | None = None) -> subp
         start_new_session=True,
     )
     log.close()
-    proc.log_path = _logs / f"{name}.log"  # type: ignore[attr-defined]
+    proc.log_path = log_path  # type: ignore[attr-defined]
     _live.append(proc)
     return proc
 

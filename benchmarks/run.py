@@ -12,6 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks import drain, ours, procs, report
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run Celery, Dramatiq, arq, taskiq-redis and streaq if installed",
     )
+    parser.add_argument("--json", help="also write the JSON to this path")
     parser.add_argument(
         "--skip",
         default="",
@@ -383,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     path = report.write_json(
         {"meta": meta, "rows": table_rows, "samples": run.samples, "failures": run.failures}
     )
+    if args.json:
+        Path(args.json).write_text(path.read_text())
     print(f"\nJSON: {path}")
+    if run.failures:
+        print(f"failed: {', '.join(run.failures)}; worker logs in {procs.log_dir()}")
     return 1 if run.failures else 0
 
 
