@@ -18,7 +18,7 @@ import redis
 
 from streamtasks.errors import BrokerUnavailable, StreamTasksError
 from streamtasks.keys import GROUP, QueueKeys
-from streamtasks.message import Fields, flatten
+from streamtasks.message import Fields, flatten, pack
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -211,7 +211,15 @@ class Broker:
         timeouts_ms: dict[str, int],
         own: bool,
         now_ms: int,
+        result_ttl_ms: int,
     ) -> Reclaimed:
+        """Claim abandoned entries (see reclaim.lua); one delivered `max_deliveries` times is
+        dead-lettered instead, and its producer gets a DEAD result kept `result_ttl_ms`."""
+        dead = {
+            "type": "MaxDeliveriesExceeded",
+            "message": f"delivered {max_deliveries} times without finishing; a worker died on each",
+            "traceback": "",
+        }
         args: list[Any] = [
             GROUP,
             consumer,
@@ -221,6 +229,9 @@ class Broker:
             default_timeout_ms,
             int(own),
             now_ms,
+            keys.result(""),
+            result_ttl_ms,
+            pack(dead),
         ]
         for name, timeout in timeouts_ms.items():
             args += [name, timeout]
@@ -291,7 +302,9 @@ class Broker:
 
     @_translating
     def replay(self, keys: QueueKeys, ids: Iterable[str], now_ms: int) -> list[str]:
-        done = self._scripts["replay"](keys=[keys.dead, keys.stream], args=[now_ms, *ids])
+        done = self._scripts["replay"](
+            keys=[keys.dead, keys.stream], args=[now_ms, keys.result(""), *ids]
+        )
         return [_s(i) for i in done]
 
     @_translating

@@ -19,19 +19,21 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from streamtasks import embedded
 from streamtasks.app import App
 from streamtasks.context import current_task
-from streamtasks.errors import Reject, StreamTasksError, TaskError
+from streamtasks.errors import ConfigurationError, Reject, StreamTasksError, TaskError
 from streamtasks.result import AsyncResult
+
+T = TypeVar("T")
 
 # -- the shop: what a user writes ------------------------------------------------------------
 
@@ -390,8 +392,17 @@ class Crew:
     def check(self) -> None:
         for short, proc in self.procs.items():
             if short not in self.killed and proc.poll() is not None:
-                log = (self.log_dir / f"{short}.log").read_text(errors="replace")[-2000:]
-                raise StreamTasksError(f"worker {short} exited with {proc.returncode}:\n{log}")
+                raise StreamTasksError(
+                    f"worker {short} exited with {proc.returncode}\n{self.logs()}"
+                )
+
+    def logs(self) -> str:
+        """The end of each worker's log, for an error message."""
+        return "\n".join(
+            f"--- {short}.log\n"
+            + (self.log_dir / f"{short}.log").read_text(errors="replace")[-1500:]
+            for short in self.procs
+        )
 
     def kill(self, short: str) -> int:
         """kill -9: no shutdown, no hand-back; what it held stays pending on it."""
@@ -453,6 +464,8 @@ def run_sale(
     timeout: float = 60.0,
 ) -> Report:
     """Run one sale against `url` and measure it."""
+    if workers < 2:
+        raise ConfigurationError("the sale kills one worker mid-run, so it needs at least two")
     app.close()
     app.url = url
     keys = SaleKeys(uuid.uuid4().hex[:8])
@@ -466,9 +479,8 @@ def run_sale(
                 sent = fire(keys.sale, clicks(seed))
                 orders = list({r.id: r for r in sent}.values())
                 report.accepted, report.duplicates_blocked = len(orders), len(sent) - len(orders)
-                with ThreadPoolExecutor(1) as pool:
-                    waiting = pool.submit(collect, orders, timeout)
-                    placed, payments = _watch(waiting, keys, crew, report, began, display)
+                waiting = _in_background(collect, orders, timeout)
+                placed, payments = _watch(waiting, keys, crew, report, began, timeout + 5, display)
                 report.seconds = round(time.monotonic() - began, 2)
             finally:
                 crew.stop()
@@ -479,16 +491,33 @@ def run_sale(
     return report
 
 
+def _in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """Run fn in a daemon thread, which cannot keep the process alive if the sale is abandoned."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 def _watch(
     waiting: Future[Any],
     keys: SaleKeys,
     crew: Crew,
     report: Report,
     began: float,
+    give_up: float,
     display: Display | None,
 ) -> Any:
     """Show progress until every result is in; kill the busiest worker once payments flow."""
     while True:
+        if time.monotonic() - began > give_up:
+            raise StreamTasksError(f"the sale did not finish in {give_up:.0f}s\n{crew.logs()}")
         try:
             outcome = waiting.result(timeout=TICK)
         except FutureTimeout:

@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from streamtasks import retrying
-from streamtasks.broker import Entry
+from streamtasks.broker import Entry, Reclaimed
 from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, TimeoutError
 from streamtasks.keys import QueueKeys
@@ -225,7 +225,7 @@ class Worker:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return True
-            room = self._wait_for_room()
+            room = self._wait_for_room(deadline)
             if room <= 0:
                 continue
             count = max(1, -(-room // len(streams)))
@@ -245,10 +245,13 @@ class Worker:
         prefetch = int(self.concurrency * _SOON / max(self._avg_run, 1e-6))
         return self.concurrency + min(_MAX_PREFETCH, prefetch)
 
-    def _wait_for_room(self) -> int:
+    def _wait_for_room(self, deadline: float | None) -> int:
         with self._changed:
             while not self._stop.is_set() and len(self._held) >= self._capacity():
-                self._changed.wait(0.5)
+                left = 0.5 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                self._changed.wait(min(0.5, left))
             return self._capacity() - len(self._held)
 
     def _idle(self) -> bool:
@@ -271,7 +274,7 @@ class Worker:
                 if cursor == "-":
                     break
 
-    def _reclaim(self, keys: QueueKeys, cursor: str, own: bool = False) -> Any:
+    def _reclaim(self, keys: QueueKeys, cursor: str, own: bool = False) -> Reclaimed:
         found = self.app.broker.reclaim(
             keys,
             self.name,
@@ -282,6 +285,7 @@ class Worker:
             timeouts_ms=self._timeouts_ms,
             own=own,
             now_ms=int(self.app.clock() * 1000),
+            result_ttl_ms=int(self.app.result_ttl * 1000),
         )
         if found.entries:
             log.warning(

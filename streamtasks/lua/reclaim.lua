@@ -4,7 +4,10 @@
 -- time must be compared with its own task's timeout before it is taken.
 -- KEYS: stream, dlq
 -- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
---       this consumer's own entries, whatever their idle time), now ms, then task name, timeout ms, ...
+--       this consumer's own entries, whatever their idle time), now ms, result key prefix,
+--       result ttl ms, DEAD result data, then task name, timeout ms, ...
+-- A dead-lettered entry's DEAD result goes to prefix .. task id: a key the script builds, which
+-- shares the queue's hash tag with KEYS and so lives on the same cluster slot.
 -- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...}, dead-lettered count}.
 -- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
 local function bury(stream, dlq, id, extra)
@@ -24,7 +27,7 @@ end
 local group, me, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local max_deliveries, default_timeout, own = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 local timeouts = {}
-for i = 9, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 12, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local pending = redis.call('XPENDING', KEYS[1], group, cursor, '+', count)
 local claimed, dead = {}, 0
 for _, p in ipairs(pending) do
@@ -48,6 +51,13 @@ for _, p in ipairs(pending) do
           'traceback', '', 'attempts', tostring(deliveries), 'worker', holder,
           'failed_at', ARGV[8], 'origin_stream', KEYS[1], 'origin_id', id})
         finish(KEYS[1], group, id)
+        for j = 1, #fields, 2 do
+          if fields[j] == 'id' then
+            local rkey = ARGV[9] .. fields[j + 1]
+            redis.call('XADD', rkey, '*', 'status', 'DEAD', 'data', ARGV[11])
+            redis.call('PEXPIRE', rkey, ARGV[10])
+          end
+        end
         dead = dead + 1
       else
         redis.call('XCLAIM', KEYS[1], group, me, 0, id)

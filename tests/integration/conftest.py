@@ -45,6 +45,7 @@ class Consumer:
             timeouts_ms=timeouts_ms or {},
             own=False,
             now_ms=int(self.app.clock() * 1000),
+            result_ttl_ms=int(self.app.result_ttl * 1000),
         )
 
     def age(self, entry_id: str, idle_ms: int) -> None:
