@@ -1,0 +1,1 @@
+"""Runnable examples of streamtasks, reproducing the scenarios of the seed documents."""

@@ -1,0 +1,34 @@
+"""`python -m examples.blackfriday`: run the sale on --url (default: a fresh embedded Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+
+from streamtasks.demo import Display, fresh_embedded, run_sale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.blackfriday", description=__doc__)
+    parser.add_argument("--url", help="Redis URL (default: embedded:// in a temporary directory)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=2024,
+        help="who clicks how often, whose card is declined (default: %(default)s)",
+    )
+    parser.add_argument("--workers", type=int, default=3, help="worker processes (default: 3)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON only")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        url = args.url or stack.enter_context(fresh_embedded())
+        display = None if args.json else Display()
+        report = run_sale(url, seed=args.seed, workers=args.workers, display=display)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else "\n" + report.format())
+    return 0 if report.final_stock == 0 and report.charged_twice == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
