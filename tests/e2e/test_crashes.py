@@ -107,11 +107,9 @@ def test_a_worker_restarted_under_its_name_reruns_what_it_held_at_once(
     scene.traces.open_gate()
 
     scene.worker("-c", "2", "-n", "steady")
-    began = time.monotonic()
-    assert [r.get(timeout=10) for r in results] == ["a", "b"]
 
-    # Far sooner than the 60 s after which any worker could have reclaimed them.
-    assert time.monotonic() - began < 10.0
+    # Within 10 s, far sooner than the 60 s after which any worker could have reclaimed them.
+    assert [r.get(timeout=10) for r in results] == ["a", "b"]
     assert (scene.traces.runs("a"), scene.traces.runs("b")) == (2, 2)
 
 
