@@ -54,7 +54,7 @@ def test_the_declined_cards_are_in_the_payments_dead_letter_stream(
         assert letter["error"] == "card declined: insufficient funds"
         assert "{payments}" in letter["origin_stream"]
     # The example stopped every worker it started.
-    assert survivors(f"--url {redis_server.url}") == []
+    assert survivors(f"streamtasks.demo:app --url {redis_server.url}") == []
 
 
 def _dead_letters(url: str) -> list[dict[str, Any]]:
