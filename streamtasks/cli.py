@@ -135,6 +135,7 @@ def worker(
         w = _use_url(app, url).Worker(
             _queues(queues), concurrency, name=name, shutdown_timeout=shutdown_timeout
         )
+        app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:
         raise click.UsageError(str(exc)) from exc
     stopping = False

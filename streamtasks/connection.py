@@ -41,7 +41,13 @@ def connect(url: str) -> redis.Redis:
 
 
 def _client(url: str) -> redis.Redis:
-    options: dict[str, Any] = {"socket_connect_timeout": 5.0, "health_check_interval": 30}
+    # The socket timeout outlasts the longest blocking read streamtasks makes (5 s), so a read
+    # that is merely waiting is never mistaken for a dead connection.
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 15.0,
+        "health_check_interval": 30,
+    }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True
     try:

@@ -50,6 +50,8 @@ class DeadLetter:
                 except Exception as exc:  # garbage is exactly what a DLQ holds
                     call = {"undecodable": str(DecodeError(str(exc)))}
                 out["call"] = call
+            elif name == "id":
+                out["task_id"] = _text(value)  # "id" stays the dead-letter entry's own id
             else:
                 out[name] = _text(value)
         return out

@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from streamtasks.errors import ConfigurationError
 
 _START_TIMEOUT = 10.0
+# SHUTDOWN drops the connection by design; redis-py's default retry would resend it for seconds.
+_NO_RETRY = Retry(NoBackoff(), 0)
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
@@ -68,7 +72,7 @@ def _answers(sock: Path) -> bool:
     if not sock.exists():
         return False
     try:
-        with redis.Redis(unix_socket_path=str(sock), socket_timeout=1.0) as client:
+        with redis.Redis(unix_socket_path=str(sock), socket_timeout=1.0, retry=_NO_RETRY) as client:
             return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
         return False
@@ -124,7 +128,7 @@ def stop(directory: Path) -> bool:
     if not _answers(sock):
         return False
     with (
-        redis.Redis(unix_socket_path=str(sock)) as client,
+        redis.Redis(unix_socket_path=str(sock), retry=_NO_RETRY) as client,
         contextlib.suppress(redis.ConnectionError),
     ):
         client.shutdown()

@@ -7,6 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from streamtasks import retrying
+from streamtasks.broker import Entry
 from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
 from streamtasks.message import unpack
 
@@ -59,15 +60,11 @@ class AsyncResult(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         after = "0-0"
         while True:
-            block = _MAX_BLOCK_MS
-            if deadline is not None:
-                block = min(block, int((deadline - time.monotonic()) * 1000))
-                if block <= 0:
-                    raise TimeoutError(f"task {self.id} not ready after {timeout}s")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.id} not ready after {timeout}s")
             entries = retrying.call(
-                partial(self.app.broker.result_entries, self._key, after, block),
-                self.app.outage,
-                give_up_after=None if deadline is None else timeout,
+                partial(self._read_after, after, deadline), self.app.outage, give_up_after=left
             )
             for entry_id, fields in entries:
                 after = entry_id
@@ -77,3 +74,10 @@ class AsyncResult(Generic[R]):
                 if status in (FAILURE, DEAD):
                     error: dict[str, Any] = unpack(fields[b"data"])
                     raise TaskError(error["type"], error["message"], error["traceback"], status)
+
+    def _read_after(self, after: str, deadline: float | None) -> list[Entry]:
+        # The block is worked out at each attempt, so a retried read never outlasts the deadline.
+        block = _MAX_BLOCK_MS
+        if deadline is not None:
+            block = max(1, min(block, int((deadline - time.monotonic()) * 1000)))
+        return self.app.broker.result_entries(self._key, after, block)

@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamtasks import retrying
 from streamtasks.broker import Entry, Reclaimed
 from streamtasks.context import TaskContext, _current
-from streamtasks.errors import BrokerUnavailable, ConfigurationError, TimeoutError
+from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for, refused, skipped
 from streamtasks.policy import decide
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 _SOON = 0.05
 _MAX_PREFETCH = 200
 _SETTLE_BATCH = 500
-_HANDOFF_BATCH = 100
 _STOP: Any = object()
+T = TypeVar("T")
 _worker_numbers = itertools.count()
 
 
@@ -100,6 +100,7 @@ class Worker:
         self._changed = threading.Condition()
         self._avg_run = 1.0
         self._threads: list[threading.Thread] = []
+        self._crashed: BaseException | None = None
         self._cursors: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -128,6 +129,7 @@ class Worker:
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
         self._stop.clear()
         self._abort.clear()
+        self._crashed = None
         log.info(
             "worker %s serving %s with %d threads",
             self.name,
@@ -142,25 +144,46 @@ class Worker:
             timed_out = self._fetch_loop(until_idle, deadline)
         finally:
             self._shutdown()
+        if self._crashed is not None:
+            raise StreamTasksError(f"worker {self.name} stopped: a thread of its own failed") from (
+                self._crashed
+            )
         if timed_out:
             raise TimeoutError(f"queues {self.queues} not drained in time")
+
+    def _thread(self, loop: Callable[[], None], role: str) -> threading.Thread:
+        """A worker thread that, should streamtasks itself fail in it, stops the whole worker
+        rather than leave it fetching work that nothing will run."""
+
+        def guarded() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                log.critical(
+                    "worker %s: its %s thread failed; stopping",
+                    self.name,
+                    role,
+                    exc_info=True,
+                    extra={"worker": self.name},
+                )
+                self._crashed = exc
+                self.stop()
+
+        return threading.Thread(target=guarded, name=f"{self.name}-{role}", daemon=True)
 
     def _start_threads(self) -> None:
         self._keeper_stop.clear()
         self._threads = [
-            threading.Thread(target=self._execute_loop, name=f"{self.name}-exec-{i}", daemon=True)
-            for i in range(self.concurrency)
+            self._thread(self._execute_loop, f"exec-{i}") for i in range(self.concurrency)
         ]
-        self._threads.append(
-            threading.Thread(target=self._settle_loop, name=f"{self.name}-settle", daemon=True)
-        )
-        self._threads.append(
-            threading.Thread(target=self._keeper_loop, name=f"{self.name}-keeper", daemon=True)
-        )
+        self._threads.append(self._thread(self._settle_loop, "settle"))
+        self._threads.append(self._thread(self._keeper_loop, "keeper"))
         for thread in self._threads:
             thread.start()
 
     def _shutdown(self) -> None:
+        if not self._threads:  # failed before any thread started, e.g. on a bad URL
+            return
         unstarted = []
         while True:
             try:
@@ -187,6 +210,7 @@ class Worker:
         settler.join()
         self._keeper_stop.set()
         keeper.join()
+        self._threads = []
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
     def _hand_back(self, deliveries: list[Delivery], why: str) -> None:
@@ -346,25 +370,13 @@ class Worker:
     # -- executing -------------------------------------------------------------------------
 
     def _execute_loop(self) -> None:
-        # Finished runs go to the settler in batches, handed over whenever no more work is ready
-        # at once: one wake-up per batch instead of per task, and no wait when work runs dry.
-        done: list[Settle] = []
         while True:
-            try:
-                d = self._work.get_nowait()
-            except queue.Empty:
-                if done:
-                    self._settles.put(done)
-                    done = []
-                d = self._work.get()
+            d = self._work.get()
             if d is None:
-                if done:
-                    self._settles.put(done)
                 return
-            done.append(self._execute(d))
-            if len(done) >= _HANDOFF_BATCH:
-                self._settles.put(done)
-                done = []
+            # Handed over at once, never held back for a batch: a finished run that is not
+            # settled has no result, no ack and no idempotency mark. The settler batches anyway.
+            self._settles.put([self._execute(d)])
 
     def _execute(self, d: Delivery) -> Settle:
         message, task = d.message, d.task
@@ -502,7 +514,6 @@ class Worker:
                 due[job] = now + every[job]
                 try:
                     jobs[job]()
-                    self.outage.recovered()
                 except BrokerUnavailable as exc:
                     self.outage.failed(exc)
                     due[job] = now + min(5.0, 4 * every[job])
@@ -510,10 +521,17 @@ class Worker:
                     log.exception("worker %s: %s failed; will try again", self.name, job)
             self._keeper_stop.wait(max(0.0, min(due.values()) - time.monotonic()))
 
+    def _keep(self, call: Callable[[], T]) -> T:
+        """A keeper's Redis call: the loop logs a failure; a success after one ends the outage."""
+        result = call()
+        if self.outage.down:
+            self.outage.recovered()
+        return result
+
     def _promote(self) -> None:
         now_ms = int(self.app.clock() * 1000)
         for keys in self._keys.values():
-            moved, _ = self.app.broker.promote(keys, now_ms)
+            moved, _ = self._keep(partial(self.app.broker.promote, keys, now_ms))
             if moved:
                 log.debug("moved %d due messages into %s", moved, keys.queue)
 
@@ -526,15 +544,15 @@ class Worker:
             if room <= 0:
                 return
             cursor = self._cursors.get(keys.stream, "-")
-            self._cursors[keys.stream] = self._reclaim(keys, cursor).cursor
+            found = self._keep(partial(self._reclaim, keys, cursor))
+            self._cursors[keys.stream] = found.cursor
 
     def _renew_leases(self) -> None:
         with self._changed:
             held = [d for d in self._held.values() if d.options is None or d.options.acks_late]
         for keys, group in _by_queue(held):
-            lost = self.app.broker.lease(
-                keys, self.name, [d.entry_id for d in group], hand_back=False
-            )
+            ids = [d.entry_id for d in group]
+            lost = self._keep(partial(self.app.broker.lease, keys, self.name, ids, hand_back=False))
             for d in group:
                 if d.entry_id in lost:
                     log.warning(
@@ -546,7 +564,8 @@ class Worker:
 
     def _prune(self) -> None:
         for keys in self._keys.values():
-            removed = self.app.broker.prune(keys, self.name, int(self.prune_idle * 1000))
+            idle_ms = int(self.prune_idle * 1000)
+            removed = self._keep(partial(self.app.broker.prune, keys, self.name, idle_ms))
             if removed:
                 log.info("removed %d idle consumers from %s", removed, keys.queue)
 
