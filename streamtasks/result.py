@@ -61,10 +61,10 @@ class AsyncResult(Generic[R]):
         after = "0-0"
         while True:
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"task {self.id} not ready after {timeout}s")
             entries = retrying.call(
-                partial(self._read_after, after, deadline), self.app.outage, give_up_after=left
+                partial(self._read_after, after, left),
+                self.app.outage,
+                give_up_after=None if left is None else max(left, 0.0),
             )
             for entry_id, fields in entries:
                 after = entry_id
@@ -74,10 +74,13 @@ class AsyncResult(Generic[R]):
                 if status in (FAILURE, DEAD):
                     error: dict[str, Any] = unpack(fields[b"data"])
                     raise TaskError(error["type"], error["message"], error["traceback"], status)
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.id} not ready after {timeout}s")
 
-    def _read_after(self, after: str, deadline: float | None) -> list[Entry]:
-        # The block is worked out at each attempt, so a retried read never outlasts the deadline.
-        block = _MAX_BLOCK_MS
-        if deadline is not None:
-            block = max(1, min(block, int((deadline - time.monotonic()) * 1000)))
+    def _read_after(self, after: str, left: float | None) -> list[Entry]:
+        # Blocks at most 5 s at a time and never past the caller's deadline; with no time left it
+        # still looks once, so get(timeout=0) returns a result that is already there.
+        if left is not None and left <= 0:
+            return self.app.broker.result_entries(self._key, after, None)
+        block = _MAX_BLOCK_MS if left is None else max(1, min(_MAX_BLOCK_MS, int(left * 1000)))
         return self.app.broker.result_entries(self._key, after, block)
