@@ -144,6 +144,18 @@ def test_get_times_out_with_streamtasks_timeout_error(memory_app: App) -> None:
     assert 0.15 <= took < 1.0
 
 
+def test_get_with_no_time_left_still_returns_a_result_that_is_there(memory_app: App) -> None:
+    @memory_app.task(name="five")
+    def five() -> int:
+        return 5
+
+    result = five.delay()
+    with pytest.raises(ResultTimeout):
+        result.get(timeout=0)
+    memory_app.Worker().drain(timeout=5)
+    assert result.get(timeout=0) == 5
+
+
 def test_get_of_an_ignore_result_task_says_there_is_nothing_to_get(memory_app: App) -> None:
     ran = threading.Event()
 
