@@ -212,9 +212,11 @@ class Broker:
         own: bool,
         now_ms: int,
         result_ttl_ms: int,
+        limit: int | None = None,
     ) -> Reclaimed:
         """Claim abandoned entries (see reclaim.lua); one delivered `max_deliveries` times is
-        dead-lettered instead, and its producer gets a DEAD result kept `result_ttl_ms`."""
+        dead-lettered instead, and its producer gets a DEAD result kept `result_ttl_ms`. Looks at
+        up to `count` pending entries and claims at most `limit` (default: `count`)."""
         dead = {
             "type": "MaxDeliveriesExceeded",
             "message": f"delivered {max_deliveries} times without finishing; a worker died on each",
@@ -232,6 +234,7 @@ class Broker:
             keys.result(""),
             result_ttl_ms,
             pack(dead),
+            count if limit is None else limit,
         ]
         for name, timeout in timeouts_ms.items():
             args += [name, timeout]

@@ -298,7 +298,9 @@ class Worker:
                 if cursor == "-":
                     break
 
-    def _reclaim(self, keys: QueueKeys, cursor: str, own: bool = False) -> Reclaimed:
+    def _reclaim(
+        self, keys: QueueKeys, cursor: str, own: bool = False, limit: int | None = None
+    ) -> Reclaimed:
         found = self.app.broker.reclaim(
             keys,
             self.name,
@@ -310,6 +312,7 @@ class Worker:
             own=own,
             now_ms=int(self.app.clock() * 1000),
             result_ttl_ms=int(self.app.result_ttl * 1000),
+            limit=limit,
         )
         if found.entries:
             log.warning(
@@ -544,7 +547,7 @@ class Worker:
             if room <= 0:
                 return
             cursor = self._cursors.get(keys.stream, "-")
-            found = self._keep(partial(self._reclaim, keys, cursor))
+            found = self._keep(partial(self._reclaim, keys, cursor, limit=room))
             self._cursors[keys.stream] = found.cursor
 
     def _renew_leases(self) -> None:

@@ -5,7 +5,7 @@
 -- KEYS: stream, dlq
 -- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
 --       this consumer's own entries, whatever their idle time), now ms, result key prefix,
---       result ttl ms, DEAD result data, then task name, timeout ms, ...
+--       result ttl ms, DEAD result data, most entries to claim, then task name, timeout ms, ...
 -- A dead-lettered entry's DEAD result goes to prefix .. task id: a key the script builds, which
 -- shares the queue's hash tag with KEYS and so lives on the same cluster slot.
 -- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...}, dead-lettered count}.
@@ -27,11 +27,14 @@ end
 local group, me, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local max_deliveries, default_timeout, own = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 local timeouts = {}
-for i = 12, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local limit = tonumber(ARGV[12])
+for i = 13, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local pending = redis.call('XPENDING', KEYS[1], group, cursor, '+', count)
-local claimed, dead = {}, 0
+local claimed, dead, last = {}, 0, nil
 for _, p in ipairs(pending) do
+  if #claimed >= 2 * limit then break end
   local id, holder, idle, deliveries = p[1], p[2], p[3], p[4]
+  last = id
   local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
   if entry == nil then
     -- Trimmed away while pending: there is nothing left to run.
@@ -67,6 +70,7 @@ for _, p in ipairs(pending) do
     end
   end
 end
+-- Resume after the last entry looked at, or start over once the whole list was seen.
 local nxt = '-'
-if #pending == count then nxt = '(' .. pending[#pending][1] end
+if last ~= nil and (last ~= pending[#pending][1] or #pending == count) then nxt = '(' .. last end
 return {nxt, claimed, dead}

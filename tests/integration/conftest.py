@@ -32,13 +32,15 @@ class Consumer:
         timeouts_ms: dict[str, int] | None = None,
         max_deliveries: int = 5,
         default_timeout_ms: int | None = None,
+        cursor: str = "-",
+        limit: int | None = None,
     ) -> Reclaimed:
         if default_timeout_ms is None:
             default_timeout_ms = int(self.app.visibility_timeout * 1000)
         return self.app.broker.reclaim(
             self.keys,
             self.name,
-            cursor="-",
+            cursor=cursor,
             count=100,
             max_deliveries=max_deliveries,
             default_timeout_ms=default_timeout_ms,
@@ -46,6 +48,7 @@ class Consumer:
             own=False,
             now_ms=int(self.app.clock() * 1000),
             result_ttl_ms=int(self.app.result_ttl * 1000),
+            limit=limit,
         )
 
     def age(self, entry_id: str, idle_ms: int) -> None:

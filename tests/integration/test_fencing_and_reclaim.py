@@ -88,6 +88,29 @@ def test_reclaim_honours_each_tasks_visibility_timeout_and_the_app_default(
     assert ghost.pending() == {q: "live", s: "live", p: "live"}
 
 
+def test_reclaim_claims_no_more_than_the_room_it_is_given_and_resumes_after(
+    redis_app: App,
+) -> None:
+    task = redis_app.task(name="t")(lambda: None)
+    for _ in range(5):
+        task.delay()
+    ghost, live = Consumer(redis_app, "ghost"), Consumer(redis_app, "live")
+    entries = ghost.read()
+    for entry in entries:
+        ghost.age(entry, 60_000)
+
+    first = live.reclaim(limit=2)
+    assert [e for e, _ in first.entries] == entries[:2]
+    assert ghost.pending() == dict.fromkeys(entries[:2], "live") | dict.fromkeys(
+        entries[2:], "ghost"
+    )
+    second = live.reclaim(cursor=first.cursor, limit=2)
+    assert [e for e, _ in second.entries] == entries[2:4]
+    third = live.reclaim(cursor=second.cursor, limit=2)
+    assert [e for e, _ in third.entries] == entries[4:]
+    assert third.cursor == "-", "the scan starts over once it has seen the whole pending list"
+
+
 def test_a_worker_reclaims_by_each_tasks_own_visibility_timeout(
     make_app: object, app_name: str
 ) -> None:
