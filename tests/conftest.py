@@ -57,7 +57,7 @@ def memory_app(app_name: str) -> Iterator[App]:
 
 @pytest.fixture
 def make_app(redis_server: RedisServer) -> Iterator[Callable[..., App]]:
-    """Build more Apps on the session Redis (same name: same queues, as separate processes would)."""
+    """More Apps on the session Redis (one name: the same queues, as separate processes would)."""
     apps: list[App] = []
 
     def make(name: str, **options: Any) -> App:
