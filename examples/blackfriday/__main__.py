@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import ExitStack
 
-from streamtasks.demo import Display, fresh_embedded, run_sale
+from streamtasks.demo.display import Display
+from streamtasks.demo.run import fresh_embedded, write_report
+from streamtasks.demo.sale import SEED, WORKERS, run_sale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,18 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed",
         type=int,
-        default=2024,
+        default=SEED,
         help="who clicks how often, whose card is declined (default: %(default)s)",
     )
-    parser.add_argument("--workers", type=int, default=3, help="worker processes (default: 3)")
+    parser.add_argument(
+        "--workers", type=int, default=WORKERS, help="worker processes (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         url = args.url or stack.enter_context(fresh_embedded())
         display = None if args.json else Display()
         report = run_sale(url, seed=args.seed, workers=args.workers, display=display)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else "\n" + report.format())
-    return 0 if report.final_stock == 0 and report.charged_twice == 0 else 1
+    return write_report(report, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamtasks.demo import Display, Snapshot
+from streamtasks.demo.display import Display, Snapshot
 from tests.examples.conftest import survivors
 
 STREAMTASKS = shutil.which("streamtasks", path=str(Path(sys.executable).parent)) or "streamtasks"
