@@ -15,6 +15,7 @@ import click
 
 from streamtasks.app import App
 from streamtasks.errors import StreamTasksError
+from streamtasks.supervisor import SUPERVISED_ENV, supervise
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -128,8 +129,6 @@ def worker(
     """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; a second one exits at once."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     if processes > 1:
-        from streamtasks.supervisor import supervise
-
         sys.exit(supervise(sys.argv, processes, name))
     try:
         w = _use_url(app, url).Worker(
@@ -152,7 +151,8 @@ def worker(
         w.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    supervised = os.environ.get(SUPERVISED_ENV) == "1"
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else on_signal)
     w.run()
 
 

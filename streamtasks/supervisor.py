@@ -14,6 +14,8 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+#: Set in the environment of the children, which then leave SIGINT to the supervisor.
+SUPERVISED_ENV = "STREAMTASKS_SUPERVISED"
 _RESTART_DELAY_MAX = 30.0
 _HEALTHY_AFTER = 60.0
 
@@ -47,19 +49,20 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
     delays = dict.fromkeys(names, 0.5)
     started: dict[str, float] = {}
     stopping = threading.Event()
-    signals_seen = 0
 
     def start(child: str) -> None:
-        children[child] = subprocess.Popen(_child_argv(argv, child))
+        env = {**os.environ, SUPERVISED_ENV: "1"}
+        children[child] = subprocess.Popen(_child_argv(argv, child), env=env)
         started[child] = time.monotonic()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
+        # Children take orders from here only (they ignore SIGINT): Ctrl-C on a terminal reaches
+        # the whole process group, and a child that also counted that copy would take this
+        # forwarded one as its second signal and drop its running tasks.
         stopping.set()
         for proc in children.values():
             if proc.poll() is None:
-                proc.send_signal(signum)
+                proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -45,3 +45,26 @@ def test_a_second_sigterm_exits_at_once_and_leaves_the_entry_pending(scene: Scen
     scene.traces.open_gate()
     scene.worker("-n", "next")
     assert result.get(timeout=10) == "long"
+
+
+def test_ctrl_c_on_a_supervised_worker_finishes_in_flight_tasks_then_exits_0(
+    scene: Scene,
+) -> None:
+    worker = scene.worker("-p", "2", "-c", "2", ready=2)
+    results = [scene.task("hold").delay(f"t{i}") for i in range(4)]
+    for _ in range(4):
+        scene.traces.started(timeout=10)
+
+    # A terminal's Ctrl-C reaches the whole process group: the supervisor and every child.
+    children = worker.children()
+    assert len(children) == 2
+    worker.signal(signal.SIGINT)
+    for child in children:
+        child.send_signal(signal.SIGINT)
+    worker.wait_for("finishing in-flight tasks", count=2)
+    scene.traces.open_gate()
+
+    assert worker.wait(timeout=15) == 0
+    assert "second signal" not in worker.log
+    assert [r.get(timeout=1) for r in results] == ["t0", "t1", "t2", "t3"]
+    assert scene.pending() == []
