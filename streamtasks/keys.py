@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from streamtasks.errors import ConfigurationError
 
@@ -28,24 +29,24 @@ def check_name(kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class QueueKeys:
-    """The keys of one queue of one app."""
+    """The keys of one queue of one app (names are built once: they are read for every task)."""
 
     app: str
     queue: str
 
-    @property
+    @cached_property
     def _base(self) -> str:
         return f"{self.app}:{{{self.queue}}}"
 
-    @property
+    @cached_property
     def stream(self) -> str:
         return f"{self._base}:stream"
 
-    @property
+    @cached_property
     def dead(self) -> str:
         return f"{self._base}:dlq"
 
-    @property
+    @cached_property
     def delayed(self) -> str:
         return f"{self._base}:delayed"
 

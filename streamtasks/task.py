@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def new_id() -> str:
+    """A random 128-bit task id as 32 hex digits (a uuid4 without the version bits, for speed)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class Task(Generic[P, R]):
         if idempotency_key is None and self.options.idempotency_key is not None:
             idempotency_key = self.options.idempotency_key(*args, **kwargs)
         message = Message(
-            uuid.uuid4().hex,
+            new_id(),
             self.name,
             tuple(args),
             kwargs,
@@ -121,7 +126,7 @@ class Task(Generic[P, R]):
         """Enqueue one call per tuple of positional arguments, in one round trip."""
         keys = self.app.keys(self.queue)
         max_bytes = self.app.max_message_bytes
-        messages = [Message(uuid.uuid4().hex, self.name, tuple(args)) for args in arg_tuples]
+        messages = [Message(new_id(), self.name, tuple(args)) for args in arg_tuples]
         batch = [(keys, encode(m, max_bytes)) for m in messages]
         if batch:
             retrying.call(

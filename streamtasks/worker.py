@@ -101,6 +101,7 @@ class Worker:
         self._avg_run = 1.0
         self._threads: list[threading.Thread] = []
         self._crashed: BaseException | None = None
+        self._log_each = False
         self._cursors: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -130,6 +131,8 @@ class Worker:
         self._stop.clear()
         self._abort.clear()
         self._crashed = None
+        # Checked once, not per task: the per-task line is the hot path's only logging.
+        self._log_each = log.isEnabledFor(logging.INFO)
         log.info(
             "worker %s serving %s with %d threads",
             self.name,
@@ -412,7 +415,7 @@ class Worker:
             result_ttl=self.app.result_ttl,
             idempotency_ttl=self.app.idempotency_ttl,
         )
-        if log.isEnabledFor(logging.INFO):
+        if self._log_each:
             log.info(
                 "%s[%s] %s in %.4fs",
                 task.name,
