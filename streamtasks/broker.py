@@ -106,12 +106,30 @@ class Broker:
         return _s(self._r.xadd(keys.stream, fields))
 
     @_translating
-    def add_many(self, batch: Sequence[tuple[QueueKeys, Fields]]) -> None:
-        """Append many messages in one round trip."""
+    def add_many(
+        self,
+        keys: QueueKeys,
+        batch: Sequence[tuple[str, Fields, str | None]],
+        idempotency_ttl_ms: int,
+    ) -> list[str]:
+        """Append many messages (task id, fields, idempotency key or None) in one round trip;
+        a keyed one goes through enqueue.lua. Returns the task ids, the first task's for a key
+        already taken."""
         pipe = self._r.pipeline(transaction=False)
-        for keys, fields in batch:
-            pipe.xadd(keys.stream, fields)
-        pipe.execute()
+        for task_id, fields, key in batch:
+            if key is None:
+                pipe.xadd(keys.stream, fields)
+            else:
+                self._scripts["enqueue"](
+                    keys=[keys.stream, keys.delayed, keys.idempotency(key)],
+                    args=[task_id, 0, idempotency_ttl_ms, *flatten(fields)],
+                    client=pipe,
+                )
+        replies = pipe.execute()
+        return [
+            task_id if key is None else _s(reply[0])
+            for (task_id, _, key), reply in zip(batch, replies, strict=True)
+        ]
 
     @_translating
     def enqueue(

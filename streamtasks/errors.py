@@ -68,6 +68,10 @@ class Retry(TaskControl):
     """
 
     def __init__(self, countdown: float | None = None, reason: str = ""):
+        if countdown is not None and not (
+            isinstance(countdown, int | float) and 0 <= countdown < float("inf")
+        ):
+            raise ValueError(f"Retry countdown must be a finite number >= 0, not {countdown!r}")
         super().__init__(reason or "retry requested")
         self.countdown = countdown
         self.reason = reason

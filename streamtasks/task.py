@@ -83,6 +83,8 @@ class Task(Generic[P, R]):
         kwargs = dict(kwargs or {})
         if idempotency_key is None and self.options.idempotency_key is not None:
             idempotency_key = self.options.idempotency_key(*args, **kwargs)
+        if idempotency_key is not None:
+            idempotency_key = _checked_key(idempotency_key)
         message = Message(
             new_id(),
             self.name,
@@ -126,17 +128,28 @@ class Task(Generic[P, R]):
         """Enqueue one call per tuple of positional arguments, in one round trip."""
         keys = self.app.keys(self.queue)
         max_bytes = self.app.max_message_bytes
-        messages = [Message(new_id(), self.name, tuple(args)) for args in arg_tuples]
-        batch = [(keys, encode(m, max_bytes)) for m in messages]
+        key_of = self.options.idempotency_key
+        messages = [
+            Message(
+                new_id(),
+                self.name,
+                tuple(args),
+                idempotency_key=None if key_of is None else _checked_key(key_of(*args)),
+            )
+            for args in arg_tuples
+        ]
+        batch = [(m.id, encode(m, max_bytes), m.idempotency_key) for m in messages]
+        ids: list[str] = []
         if batch:
-            retrying.call(
-                lambda: self.app.broker.add_many(batch),
+            ttl_ms = int(self.app.idempotency_ttl * 1000)
+            ids = retrying.call(
+                lambda: self.app.broker.add_many(keys, batch, ttl_ms),
                 self.app.outage,
                 give_up_after=self.app.enqueue_timeout,
             )
         return [
-            AsyncResult(self.app, m.id, self.queue, ignore_result=self.options.ignore_result)
-            for m in messages
+            AsyncResult(self.app, task_id, self.queue, ignore_result=self.options.ignore_result)
+            for task_id in ids
         ]
 
     def _due_ms(self, countdown: float | None, eta: dt.datetime | None) -> int:
@@ -153,3 +166,9 @@ class Task(Generic[P, R]):
                 raise ConfigurationError("countdown must not be negative")
             return int((self.app.clock() + countdown) * 1000)
         return 0
+
+
+def _checked_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(f"an idempotency key must be a non-empty str, not {key!r}")
+    return key

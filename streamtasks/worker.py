@@ -28,7 +28,7 @@ from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for, refused, skipped
-from streamtasks.policy import decide
+from streamtasks.policy import ErrorInfo, Failed, decide
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -380,16 +380,21 @@ class Worker:
             d = self._work.get()
             if d is None:
                 return
+            settle = self._execute(d)
             # Handed over at once, never held back for a batch: a finished run that is not
             # settled has no result, no ack and no idempotency mark. The settler batches anyway.
-            self._settles.put([self._execute(d)])
+            if settle is None:
+                self._release([d])
+            else:
+                self._settles.put([settle])
 
-    def _execute(self, d: Delivery) -> Settle:
+    def _execute(self, d: Delivery) -> Settle | None:
+        """Run one task; its settle record, or None when it must not run (acked elsewhere)."""
         message, task = d.message, d.task
         assert message is not None and task is not None
         d.started = True
-        if not task.options.acks_late:
-            self._settles.put([early_ack(d)])
+        if not task.options.acks_late and not self._ack_on_receipt(d):
+            return None
         if task.options.track_started and not task.options.ignore_result:
             self._io(
                 lambda: self.app.broker.write_status(
@@ -400,21 +405,23 @@ class Worker:
         began = time.perf_counter()
         try:
             value, exc = task.fn(*message.args, **message.kwargs), None
-        except Exception as error:
+        except BaseException as error:  # even SystemExit: a task never takes its worker down
             value, exc = None, error
         finally:
             _current.reset(token)
         took = time.perf_counter() - began
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
-        outcome = decide(task.options.retry, message.attempt, exc, value)
-        settle = record_for(
-            d,
-            outcome,
+        record = partial(
+            record_for,
             worker=self.name,
             now=self.app.clock(),
             result_ttl=self.app.result_ttl,
             idempotency_ttl=self.app.idempotency_ttl,
         )
+        try:
+            settle = record(d, decide(task.options.retry, message.attempt, exc, value))
+        except Exception as error:  # an outcome that cannot be applied is the task's failure
+            settle = record(d, Failed(ErrorInfo.of(error)))
         if self._log_each:
             log.info(
                 "%s[%s] %s in %.4fs",
@@ -425,6 +432,18 @@ class Worker:
                 extra={"task_id": message.id, "task": task.name, "seconds": took},
             )
         return settle
+
+    def _ack_on_receipt(self, d: Delivery) -> bool:
+        """acks_late=False: ack (fenced) before running; False if another worker owns it now."""
+        (acked,) = self._io(partial(self.app.broker.settle, d.keys, self.name, [early_ack(d)]))
+        if not acked:
+            log.warning(
+                "%s[%s] was taken over by another worker before it started; not run here",
+                d.task_name,
+                d.task_id,
+                extra={"task_id": d.task_id},
+            )
+        return bool(acked)
 
     def _context(self, d: Delivery) -> TaskContext:
         attempt = d.message.attempt if d.message else 0
@@ -462,7 +481,7 @@ class Worker:
     def _settle(self, batch: list[Settle]) -> None:
         for keys, group in _by_queue(batch, lambda s: s.delivery):
             for s in group:
-                s.delivery.settling = s.final
+                s.delivery.settling = True
             try:
                 records = [s.record for s in group]
                 applied = retrying.call(
@@ -482,7 +501,7 @@ class Worker:
                         s.status,
                         extra={"task_id": s.delivery.task_id},
                     )
-            self._release([s.delivery for s in group if s.final])
+            self._release([s.delivery for s in group])
 
     def _release(self, deliveries: list[Delivery]) -> None:
         with self._changed:
@@ -555,7 +574,13 @@ class Worker:
 
     def _renew_leases(self) -> None:
         with self._changed:
-            held = [d for d in self._held.values() if d.options is None or d.options.acks_late]
+            # Renew what is waiting or running; not what is being settled (the ack may have
+            # landed already) nor what was acked on receipt (it is no longer pending).
+            held = [
+                d
+                for d in self._held.values()
+                if not d.settling and (d.options is None or d.options.acks_late or not d.started)
+            ]
         for keys, group in _by_queue(held):
             ids = [d.entry_id for d in group]
             lost = self._keep(partial(self.app.broker.lease, keys, self.name, ids, hand_back=False))

@@ -6,7 +6,7 @@
 -- action: 'a' ack (and mark the idempotency key done; extra = its ttl ms)
 --         'r' retry later (extra = "due ms:netstring of the new entry's fields")
 --         'd' dead-letter (extra = netstring of the fields of the dead-letter entry)
---         'e' ack on receipt (acks_late=False): XACK only, the entry stays until its run ends
+--         'e' ack on receipt (acks_late=False): XACK and XDEL; the worker keeps the fields
 --         'A', 'R', 'D': as above for an entry acked on receipt, so not fenced and only deleted
 -- Returns one integer per entry, plain ids first: 1 applied, 0 refused because another consumer
 -- owns the entry now.
@@ -33,6 +33,7 @@ for i = 4 + plain, #ARGV, 8 do
   else
     if act == 'e' then
       redis.call('XACK', stream, group, id)
+      redis.call('XDEL', stream, id)
     else
       if act == 'r' then
         local colon = string.find(extra, ':', 1, true)

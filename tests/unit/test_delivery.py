@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from streamtasks import App, EncodeError, Retry, TaskError, current_task
+from streamtasks import App, ConfigurationError, EncodeError, Retry, TaskError, current_task
 from streamtasks.message import Message, encode
 from tests.unit.support import ManualClock, delayed_len, running, stream_len, wait_until
 
@@ -397,3 +397,31 @@ def test_one_worker_serves_every_queue_with_a_task(memory_app: App) -> None:
     assert worker.queues == ["orders", "payments"]
     worker.drain(timeout=5)
     assert [r.get(timeout=1) for r in both] == ["order", "payment", "order"]
+
+
+def test_map_honours_the_tasks_idempotency_key(memory_app: App) -> None:
+    runs: list[str] = []
+
+    @memory_app.task(name="charge", idempotency_key=lambda order_id: f"charge:{order_id}")
+    def charge(order_id: str) -> str:
+        runs.append(order_id)
+        return order_id
+
+    first = charge.delay("o-1")
+    mapped = charge.map(["o-1", "o-1", "o-2"])
+    assert [r.id for r in mapped[:2]] == [first.id, first.id]
+    assert mapped[2].id != first.id
+    memory_app.Worker().drain(timeout=5)
+    assert sorted(runs) == ["o-1", "o-2"]
+    assert [r.get(timeout=1) for r in mapped] == ["o-1", "o-1", "o-2"]
+
+
+def test_an_idempotency_key_that_is_not_a_string_is_refused_and_nothing_is_sent(
+    memory_app: App,
+) -> None:
+    task = memory_app.task(name="t", idempotency_key=lambda x: x)(lambda x: x)
+    with pytest.raises(ConfigurationError, match="idempotency key"):
+        task.delay(["not", "a", "str"])
+    with pytest.raises(ConfigurationError, match="idempotency key"):
+        task.map([7])
+    assert memory_app.broker.client.xlen(memory_app.keys("default").stream) == 0
