@@ -8,6 +8,7 @@ explains each.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import redis
 from streamtasks.errors import BrokerUnavailable, StreamTasksError
 from streamtasks.keys import GROUP, QueueKeys
 from streamtasks.message import Fields, flatten, pack
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,6 +82,11 @@ class Reclaimed:
     cursor: str
     entries: list[Entry]
     dead: int
+
+
+def _group_missing(exc: redis.ResponseError) -> bool:
+    # UNBLOCKED: the stream was deleted while a read waited on it (Redis 7).
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 def _s(value: bytes | str) -> str:
@@ -156,8 +164,11 @@ class Broker:
     @_translating
     def ensure_group(self, keys: QueueKeys) -> None:
         """Create the queue's consumer group (and stream) unless it exists; reads from the start."""
+        self._create_group(keys.stream)
+
+    def _create_group(self, stream: str) -> None:
         try:
-            self._r.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+            self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -167,13 +178,28 @@ class Broker:
         self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
     ) -> list[tuple[str, list[Entry]]]:
         """XREADGROUP new entries from several streams; [(stream, [(id, fields)])]."""
-        reply = self._r.xreadgroup(
-            GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
-        )
+        try:
+            reply = self._r.xreadgroup(
+                GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+            )
+        except redis.ResponseError as exc:
+            if not _group_missing(exc):
+                raise
+            self._recreate_groups(streams)
+            return []
         return [
             (_s(stream), [(_s(eid), fields) for eid, fields in entries])
             for stream, entries in (reply or [])
         ]
+
+    def _recreate_groups(self, streams: Iterable[str]) -> None:
+        log.warning(
+            "consumer group missing on %s: Redis lost its data (restarted without persistence, "
+            "failed over, flushed?); recreating it. Entries that were in flight are gone.",
+            ", ".join(streams),
+        )
+        for stream in streams:
+            self._create_group(stream)
 
     @_translating
     def done_flags(self, idempotency_keys: Sequence[str]) -> list[bool]:
@@ -200,9 +226,15 @@ class Broker:
                 extra_keys.append(r.idempotency_key)
                 ikey = 3 + len(extra_keys)
             args += [r.entry_id, r.action, rkey, r.result_ttl_ms, r.status, r.data, ikey, r.extra]
-        applied = self._scripts["settle"](
-            keys=[keys.stream, keys.dead, keys.delayed, *extra_keys], args=args
-        )
+        try:
+            applied = self._scripts["settle"](
+                keys=[keys.stream, keys.dead, keys.delayed, *extra_keys], args=args
+            )
+        except redis.ResponseError as exc:
+            if not _group_missing(exc):
+                raise
+            self._recreate_groups([keys.stream])
+            return [False] * len(records)
         flags = [False] * len(records)
         for i, flag in zip(plain + full, applied, strict=True):
             flags[i] = bool(flag)

@@ -69,3 +69,20 @@ def test_a_producer_rides_out_a_short_outage(
     [result] = sent
     app.Worker().drain(timeout=5)
     assert result.get(timeout=1) == "pong"
+
+
+def test_a_worker_recreates_its_group_when_redis_comes_back_without_data(
+    own_redis: RedisServer, make_app: Callable[..., App], app_name: str
+) -> None:
+    app = make_app(app_name, url=own_redis.url)
+    task = app.task(name="ping")(lambda x: x)
+    assert isinstance(task.delay("before"), AsyncResult)
+    worker = app.Worker()
+    with running(worker):
+        wait_until(
+            lambda: app.broker.backlog(app.keys("default"))[0] == 0, what="the first task to run"
+        )
+        # What a restart without persistence, or a failover to an empty replica, leaves behind.
+        own_redis.client().flushall()
+        result = task.delay("after")
+        assert result.get(timeout=8) == "after"

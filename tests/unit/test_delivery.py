@@ -425,3 +425,32 @@ def test_an_idempotency_key_that_is_not_a_string_is_refused_and_nothing_is_sent(
     with pytest.raises(ConfigurationError, match="idempotency key"):
         task.map([7])
     assert memory_app.broker.client.xlen(memory_app.keys("default").stream) == 0
+
+
+def test_a_task_that_exits_or_retries_nonsense_fails_alone_and_the_worker_carries_on(
+    memory_app: App,
+) -> None:
+    import sys
+
+    @memory_app.task(name="quits")
+    def quits() -> None:
+        sys.exit(3)
+
+    @memory_app.task(name="forever")
+    def forever() -> None:
+        raise Retry(countdown=float("inf"))
+
+    @memory_app.task(name="fine")
+    def fine() -> str:
+        return "ok"
+
+    results = [quits.delay(), forever.delay(), fine.delay()]
+    memory_app.Worker().drain(timeout=5)
+    with pytest.raises(TaskError) as exited:
+        results[0].get(timeout=1)
+    assert exited.value.type_name == "SystemExit"
+    with pytest.raises(TaskError) as nonsense:
+        results[1].get(timeout=1)
+    assert nonsense.value.type_name == "ValueError"
+    assert "finite" in nonsense.value.message
+    assert results[2].get(timeout=1) == "ok"
