@@ -140,11 +140,16 @@ class Worker:
             self.concurrency,
             extra={"worker": self.name},
         )
+        timed_out = False
         try:
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
             self._start_threads()
             self._recover_own()
             timed_out = self._fetch_loop(until_idle, deadline)
+        except BrokerUnavailable:
+            if not self._stop.is_set():
+                raise
+            # Stopped during an outage: nothing was lost, what is held returns by itself.
         finally:
             self._shutdown()
         if self._crashed is not None:
@@ -255,15 +260,18 @@ class Worker:
             room = self._wait_for_room(deadline)
             if room <= 0:
                 continue
-            count = max(1, -(-room // len(streams)))
+            # COUNT applies to each stream: ask at most `room` streams for at most `room` entries
+            # in all, taking turns so that no queue is starved when room is short.
+            asked = streams[:room]
+            streams = streams[1:] + streams[:1]
             try:
                 batches = self._io(
-                    partial(self.app.broker.read, streams, self.name, count, block_ms)
+                    partial(self.app.broker.read, asked, self.name, room // len(asked), block_ms)
                 )
+                for stream, entries in batches:
+                    self._accept(self._keys[stream], entries)
             except BrokerUnavailable:
-                break
-            for stream, entries in batches:
-                self._accept(self._keys[stream], entries)
+                break  # only raised once the worker is stopping
             if until_idle and not batches and self._idle():
                 break
         return False

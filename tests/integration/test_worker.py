@@ -167,3 +167,25 @@ def test_workers_sharing_a_queue_run_each_task_once(
     assert runs == dict.fromkeys(range(300), 1)
     infos = apps[0].broker.client.xinfo_groups(apps[0].keys("default").stream)
     assert [(i["name"], i["pending"]) for i in infos] == [(GROUP.encode(), 0)]
+
+
+def test_a_busy_worker_holds_no_more_than_it_can_start_across_several_queues(
+    redis_app: App,
+) -> None:
+    """-c 1 on four queues with slow tasks: while one runs, the other three stay in their
+    streams, free for another worker, instead of one entry per queue being taken."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        release.wait(10)
+
+    queues = ["q1", "q2", "q3", "q4"]
+    for queue in queues:
+        redis_app.task(name=f"slow_{queue}", queue=queue)(slow).delay()
+    worker = redis_app.Worker(queues, concurrency=1)
+    with running(worker):
+        assert started.wait(10)
+        held = sum(redis_app.broker.backlog(redis_app.keys(q))[1] for q in queues)
+        release.set()
+    assert held == 1
