@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import redis
 
-from streamtasks.errors import BrokerUnavailable, StreamTasksError
+from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
 from streamtasks.keys import GROUP, QueueKeys
 from streamtasks.message import Fields, flatten, pack
 
@@ -37,12 +37,17 @@ def translated() -> Iterator[None]:
     """Re-raise redis-py exceptions as streamtasks ones."""
     try:
         yield
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        # Before ConnectionError, their base: bad credentials are not an outage to wait out.
+        raise ConfigurationError(f"Redis refused the credentials: {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
     except redis.ResponseError as exc:
         if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
             raise BrokerUnavailable(f"Redis not ready: {exc}") from exc
         raise StreamTasksError(f"Redis refused a command: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StreamTasksError(f"Redis client error: {exc}") from exc
 
 
 def _translating(fn: Callable[P, T]) -> Callable[P, T]:

@@ -128,8 +128,6 @@ def worker(
 ) -> None:
     """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; a second one exits at once."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
-    if processes > 1:
-        sys.exit(supervise(sys.argv, processes, name))
     try:
         w = _use_url(app, url).Worker(
             _queues(queues), concurrency, name=name, shutdown_timeout=shutdown_timeout
@@ -137,6 +135,8 @@ def worker(
         app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:
         raise click.UsageError(str(exc)) from exc
+    if processes > 1:
+        sys.exit(supervise(sys.argv, processes, name))
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import builtins
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamtasks.errors import DecodeError
+from streamtasks.errors import ConfigurationError, DecodeError
 from streamtasks.message import unpack
 
 if TYPE_CHECKING:
     from streamtasks.app import App
+
+
+_ENTRY_ID = re.compile(r"\d+-\d+")
+_REPLAY_SLICE = 500
+
+
+def _checked(ids: list[str]) -> list[str]:
+    """Refuse the whole request before touching anything if any id is not a stream entry id."""
+    bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
+    if bad:
+        raise ConfigurationError(f"not stream entry ids (like 1732270000000-0): {', '.join(bad)}")
+    return ids
 
 
 def _text(value: bytes) -> str:
@@ -73,13 +86,17 @@ class DeadLetters:
 
     def replay(self, ids: builtins.list[str] | None = None) -> builtins.list[str]:
         """Re-enqueue entries (all when `ids` is None), attempts reset; returns the ids moved."""
-        if ids is None:
-            ids = [d.id for d in self.list()]
-        return self.app.broker.replay(self.keys, ids, int(self.app.clock() * 1000)) if ids else []
+        ids = [d.id for d in self.list()] if ids is None else _checked(ids)
+        done: builtins.list[str] = []
+        # In slices: one script call holds Redis, so a huge dead-letter stream goes bit by bit.
+        for start in range(0, len(ids), _REPLAY_SLICE):
+            now_ms = int(self.app.clock() * 1000)
+            done += self.app.broker.replay(self.keys, ids[start : start + _REPLAY_SLICE], now_ms)
+        return done
 
     def purge(self, ids: builtins.list[str] | None = None) -> int:
         """Delete entries (all when `ids` is None); returns how many were deleted."""
-        return self.app.broker.purge(self.keys, ids)
+        return self.app.broker.purge(self.keys, None if ids is None else _checked(ids))
 
     def __len__(self) -> int:
         return self.app.broker.dead_count(self.keys)

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 #: Set in the environment of the children, which then leave SIGINT to the supervisor.
 SUPERVISED_ENV = "STREAMTASKS_SUPERVISED"
+#: click's exit status for a usage error.
+USAGE_ERROR = 2
 _RESTART_DELAY_MAX = 30.0
 _HEALTHY_AFTER = 60.0
 
@@ -42,13 +44,14 @@ def _child_argv(argv: list[str], name: str) -> list[str]:
 
 def supervise(argv: list[str], processes: int, name: str | None) -> int:
     """Run `processes` children until SIGTERM/SIGINT, forward it, and return 0 when all exit."""
-    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    base = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     # Children keep the same name when restarted, so each first re-runs what its predecessor held.
     names = [f"{base}-{i}" for i in range(1, processes + 1)]
     children: dict[str, subprocess.Popen[bytes]] = {}
     delays = dict.fromkeys(names, 0.5)
     started: dict[str, float] = {}
     stopping = threading.Event()
+    exit_code = 0
 
     def start(child: str) -> None:
         env = {**os.environ, SUPERVISED_ENV: "1"}
@@ -74,6 +77,12 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
             code = proc.poll()
             if code is None or stopping.is_set():
                 continue
+            if code == USAGE_ERROR:
+                # Restarting cannot fix a bad command line or app: stop them all and say so.
+                log.error("worker %s refused its arguments; stopping", child)
+                on_signal(signal.SIGTERM, None)
+                exit_code = USAGE_ERROR
+                break
             lived = time.monotonic() - started[child]
             delays[child] = (
                 0.5 if lived > _HEALTHY_AFTER else min(_RESTART_DELAY_MAX, delays[child] * 2)
@@ -91,4 +100,4 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
         stopping.wait(0.2)  # os.wait() would race the signal handler; a short tick is simpler
     for proc in children.values():
         proc.wait()
-    return 0
+    return exit_code

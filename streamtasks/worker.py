@@ -45,9 +45,8 @@ _worker_numbers = itertools.count()
 
 
 def default_name() -> str:
-    number = next(_worker_numbers)
-    base = f"{socket.gethostname()}-{os.getpid()}"
-    return base if number == 0 else f"{base}-{number}"
+    """host-pid-random: unique even where containers share a host name and all run as pid 1."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}-{next(_worker_numbers)}"
 
 
 class Worker:

@@ -31,9 +31,10 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process with AOF on, its data in `directory`."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, options: tuple[str, ...] = ()):
         self.directory = directory
         self.port = port or free_port()
+        self.options = options
         self.process: subprocess.Popen[str] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -62,6 +63,7 @@ class RedisServer:
                 "",
                 "--logfile",
                 "",
+                *self.options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

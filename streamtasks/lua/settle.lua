@@ -9,12 +9,18 @@
 --         'e' ack on receipt (acks_late=False): XACK and XDEL; the worker keeps the fields
 --         'A', 'R', 'D': as above for an entry acked on receipt, so not fenced and only deleted
 -- Returns one integer per entry, plain ids first: 1 applied, 0 refused because another consumer
--- owns the entry now.
+-- owns the entry now (or the same id came earlier in this batch: an entry is settled once).
 local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
 local plain = tonumber(ARGV[3])
-local out, acks, dels = {}, {}, {}
+local out, acks, dels, seen = {}, {}, {}, {}
+-- The batch's XACK comes at the end, so the fence alone would pass an id twice in one call.
+local function first(id)
+  if seen[id] then return false end
+  seen[id] = true
+  return true
+end
 for i = 4, 3 + plain do
-  if owner(stream, group, ARGV[i]) == me then
+  if first(ARGV[i]) and owner(stream, group, ARGV[i]) == me then
     acks[#acks + 1] = ARGV[i]
     out[#out + 1] = 1
   else
@@ -28,7 +34,7 @@ for i = 4 + plain, #ARGV, 8 do
   local ikey, extra = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local acked = action == 'A' or action == 'R' or action == 'D'
   local act = string.lower(action)
-  if not acked and owner(stream, group, id) ~= me then
+  if not first(id) or (not acked and owner(stream, group, id) ~= me) then
     out[#out + 1] = 0
   else
     if act == 'e' then

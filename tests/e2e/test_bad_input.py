@@ -31,11 +31,14 @@ def test_a_bad_command_line_is_a_usage_error(scene: Scene, args: list[str], mess
     assert "Traceback" not in done.stderr
 
 
-def test_an_unsupported_url_is_a_one_line_error(scene: Scene) -> None:
-    done = scene.cli("worker", "-A", TASKS, "--url", "ftp://x")
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_an_unsupported_url_is_a_one_line_error(scene: Scene, processes: str) -> None:
+    """With -p 2 too: refused before any child starts, not restarted over and over."""
+    done = scene.cli("worker", "-A", TASKS, "-p", processes, "--url", "ftp://x")
 
-    assert done.returncode in (1, 2), done.stderr
+    assert done.returncode == 2, done.stderr
     assert "unsupported URL 'ftp://x'" in done.stderr
+    assert "restarting" not in done.stderr
     assert "Traceback" not in done.stderr
 
 

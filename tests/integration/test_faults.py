@@ -4,10 +4,14 @@ and lose nothing that was enqueued. The server keeps its port and AOF directory 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
-from streamtasks import App, AsyncResult
+import pytest
+
+from streamtasks import App, AsyncResult, ConfigurationError
 from tests.redis_server import RedisServer
 from tests.unit.support import running, wait_until
 
@@ -86,3 +90,20 @@ def test_a_worker_recreates_its_group_when_redis_comes_back_without_data(
         own_redis.client().flushall()
         result = task.delay("after")
         assert result.get(timeout=8) == "after"
+
+
+def test_wrong_credentials_are_a_configuration_error_not_an_outage_to_wait_out(
+    tmp_path: Path, app_name: str
+) -> None:
+    server = RedisServer(tmp_path / "locked", options=("--requirepass", "right"))
+    server.start()
+    try:
+        app = App(app_name, url=f"redis://:wrong@127.0.0.1:{server.port}/0", enqueue_timeout=30)
+        task = app.task(name="t")(lambda: None)
+        began = time.monotonic()
+        with pytest.raises(ConfigurationError, match="credentials"):
+            task.delay()
+        assert time.monotonic() - began < 5, "refused at once, not retried for enqueue_timeout"
+        app.close()
+    finally:
+        server.stop()

@@ -245,3 +245,18 @@ def test_pruning_removes_idle_consumers_that_hold_nothing(redis_app: App) -> Non
     )
     assert redis_app.broker.prune(keys, "me", idle_ms=20) == 1
     assert consumers() == {"holder", "me"}, "the one holding an entry and the caller stay"
+
+
+def test_an_entry_named_twice_in_one_settle_batch_is_settled_once(redis_app: App) -> None:
+    task = redis_app.task(name="ship")(lambda: None)
+    result = task.delay()
+    consumer = Consumer(redis_app, "worker-a")
+    [entry] = consumer.read()
+    broker, keys = redis_app.broker, redis_app.keys("default")
+    dead = SettleRecord(entry, "d", None, 0, "DEAD", b"", None, netstring(["error_type", "X"]))
+    assert broker.settle(keys, "worker-a", [dead, dead]) == [True, False]
+    assert len(redis_app.dead_letters()) == 1
+    assert broker.settle(keys, "worker-a", [success(redis_app, entry, result.id)] * 2) == [
+        False,
+        False,
+    ], "already settled: nothing left to own"

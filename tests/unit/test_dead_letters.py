@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamtasks import App, Reject, TaskError, current_task
+from streamtasks import App, ConfigurationError, Reject, TaskError, current_task
 from tests.unit.support import LeapingClock, stream_len
 
 
@@ -118,3 +118,22 @@ def test_purge_deletes_chosen_entries_or_all(app: App) -> None:
     assert len(dead) == 0
     assert dead.get(second.id) is None
     assert dead.replay() == []
+
+
+def test_replay_and_purge_refuse_ids_that_are_not_entry_ids_and_touch_nothing(
+    memory_app: App,
+) -> None:
+    @memory_app.task(name="doomed")
+    def doomed() -> None:
+        raise Reject("no")
+
+    doomed.delay()
+    memory_app.Worker().drain(timeout=5)
+    letters = memory_app.dead_letters()
+    [good] = [d.id for d in letters.list()]
+    with pytest.raises(ConfigurationError, match="not-an-id"):
+        letters.replay([good, "not-an-id"])
+    with pytest.raises(ConfigurationError, match="nope"):
+        letters.purge([good, "nope"])
+    assert [d.id for d in letters.list()] == [good]
+    assert memory_app.broker.client.xlen(memory_app.keys("default").stream) == 0
