@@ -99,8 +99,8 @@ def main() -> None:
 @click.option(
     "-n",
     "--name",
-    help="Consumer name (default host-pid). Keep it stable across "
-    "restarts and a worker first re-runs what it held when it last stopped.",
+    help="Consumer name, unique among live workers (default host-pid-random). Keep it stable "
+    "across restarts and a worker first re-runs what it held when it last stopped.",
 )
 @click.option(
     "-l",

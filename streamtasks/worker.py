@@ -53,7 +53,9 @@ class Worker:
     """Runs the tasks of `app` from `queues` (default: every queue with a registered task).
 
     `run()` blocks until `stop()`; `drain()` returns once every queue it serves is empty and nothing
-    is in flight. Durations are in seconds.
+    is in flight. Durations are in seconds. A task still running `shutdown_timeout` after `stop()`
+    is handed back to other workers; its thread cannot be stopped and runs on, so give an embedded
+    worker a generous timeout.
     """
 
     def __init__(
