@@ -27,7 +27,8 @@ class Delivery:
     task: Task[Any, Any] | None
     problem: ErrorInfo | None
     started: bool = False
-    settling: bool = False
+    finished: bool = False  # the run ended; its outcome waits for the settler
+    settling: bool = False  # the settler has taken the outcome
 
     @classmethod
     def parse(

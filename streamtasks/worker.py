@@ -129,7 +129,7 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
-        self._stop.clear()
+        # _stop is cleared when a run ends, not here: a stop() that came first must still count.
         self._abort.clear()
         self._crashed = None
         # Checked once, not per task: the per-task line is the hot path's only logging.
@@ -192,6 +192,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         if not self._threads:  # failed before any thread started, e.g. on a bad URL
+            self._stop.clear()
             return
         unstarted = []
         while True:
@@ -209,7 +210,7 @@ class Worker:
         for thread in executors:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._changed:
-            stuck = [d for d in self._held.values() if d.started and not d.settling]
+            stuck = [d for d in self._held.values() if d.started and not d.finished]
         self._hand_back(stuck, f"still running after {self.shutdown_timeout}s")
         self._settles.put(_STOP)
         settler.join(max(1.0, deadline - time.monotonic()))
@@ -220,6 +221,7 @@ class Worker:
         self._keeper_stop.set()
         keeper.join()
         self._threads = []
+        self._stop.clear()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
     def _hand_back(self, deliveries: list[Delivery], why: str) -> None:
@@ -390,6 +392,7 @@ class Worker:
             if d is None:
                 return
             settle = self._execute(d)
+            d.finished = True
             # Handed over at once, never held back for a batch: a finished run that is not
             # settled has no result, no ack and no idempotency mark. The settler batches anyway.
             if settle is None:

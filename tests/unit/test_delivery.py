@@ -454,3 +454,43 @@ def test_a_task_that_exits_or_retries_nonsense_fails_alone_and_the_worker_carrie
     assert nonsense.value.type_name == "ValueError"
     assert "finite" in nonsense.value.message
     assert results[2].get(timeout=1) == "ok"
+
+
+def test_stopping_does_not_hand_back_a_finished_task_whose_outcome_waits_to_be_settled(
+    memory_app: App,
+) -> None:
+    """Only runs still going at the shutdown deadline are handed back. A run that finished while
+    the settler was busy with an earlier one must not be, or another worker would run it again."""
+    broker = memory_app.broker
+    first_settle, let_settle, second_ran = threading.Event(), threading.Event(), threading.Event()
+    handed_back: list[str] = []
+    real_settle, real_lease = broker.settle, broker.lease
+
+    def slow_settle(*args: Any, **kwargs: Any) -> Any:
+        first_settle.set()
+        let_settle.wait(10)
+        return real_settle(*args, **kwargs)
+
+    def spying_lease(keys: Any, consumer: str, ids: Any, *, hand_back: bool) -> Any:
+        if hand_back:
+            handed_back.extend(ids)
+        return real_lease(keys, consumer, ids, hand_back=hand_back)
+
+    def second_task() -> str:
+        first_settle.wait(10)  # finish only once the settler is busy with the first outcome
+        second_ran.set()
+        return "two"
+
+    broker.settle = slow_settle  # type: ignore[method-assign]
+    broker.lease = spying_lease  # type: ignore[method-assign]
+    first = memory_app.task(name="first")(lambda: "one").delay()
+    second = memory_app.task(name="second")(second_task).delay()
+    worker = memory_app.Worker(concurrency=2, shutdown_timeout=5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    assert second_ran.wait(10)
+    worker.stop()
+    let_settle.set()
+    thread.join(10)
+    assert handed_back == []
+    assert [first.get(timeout=1), second.get(timeout=1)] == ["one", "two"]
