@@ -158,16 +158,7 @@ def record_for(
 def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
     """For a task acked on receipt, the final record must neither fence nor ack again."""
     if d.options is not None and not d.options.acks_late:
-        record = SettleRecord(
-            record.entry_id,
-            record.action.upper(),
-            record.result_key,
-            record.result_ttl_ms,
-            record.status,
-            record.data,
-            record.idempotency_key,
-            record.extra,
-        )
+        record = record._replace(action=record.action.upper())
     return Settle(d, record, status)
 
 
