@@ -139,9 +139,16 @@ def worker(
         sys.exit(supervise(sys.argv, processes, name))
     stopping = False
 
+    # A supervised child takes orders from its supervisor only. A signal sent to the whole
+    # process group (Ctrl-C, systemd's stop) reaches it twice, directly and forwarded, so it
+    # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.
+    supervised = os.environ.get(SUPERVISED_ENV) == "1"
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         if stopping:
+            if supervised:
+                return
             logging.getLogger(__name__).warning(
                 "second signal: exiting now, unfinished entries stay pending for another worker"
             )
@@ -151,7 +158,6 @@ def worker(
         w.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
-    supervised = os.environ.get(SUPERVISED_ENV) == "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else on_signal)
     w.run()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ SUPERVISED_ENV = "STREAMTASKS_SUPERVISED"
 #: click's exit status for a usage error.
 USAGE_ERROR = 2
 _RESTART_DELAY_MAX = 30.0
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _HEALTHY_AFTER = 60.0
 
 
@@ -42,6 +44,14 @@ def _child_argv(argv: list[str], name: str) -> list[str]:
     return [sys.executable, "-m", "streamtasks", *kept, "-p", "1", "-n", name]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the supervisor dies, so no worker
+    outlives it and runs on under a name a new supervisor would give its own children."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def supervise(argv: list[str], processes: int, name: str | None) -> int:
     """Run `processes` children until SIGTERM/SIGINT, forward it, and return 0 when all exit."""
     base = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -55,17 +65,21 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
 
     def start(child: str) -> None:
         env = {**os.environ, SUPERVISED_ENV: "1"}
-        children[child] = subprocess.Popen(_child_argv(argv, child), env=env)
+        children[child] = subprocess.Popen(
+            _child_argv(argv, child), env=env, preexec_fn=_die_with_parent
+        )
         started[child] = time.monotonic()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Children take orders from here only (they ignore SIGINT): Ctrl-C on a terminal reaches
-        # the whole process group, and a child that also counted that copy would take this
-        # forwarded one as its second signal and drop its running tasks.
+        # Children take orders from here only: the first signal asks them to finish what runs,
+        # a second one here kills them; a repeat they receive themselves changes nothing.
+        escalate = stopping.is_set()
         stopping.set()
+        if escalate:
+            log.warning("second signal: killing the workers; unfinished entries stay pending")
         for proc in children.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGKILL if escalate else signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -263,14 +263,9 @@ class Worker:
             room = self._wait_for_room(deadline)
             if room <= 0:
                 continue
-            # COUNT applies to each stream: ask at most `room` streams for at most `room` entries
-            # in all, taking turns so that no queue is starved when room is short.
-            asked = streams[:room]
-            streams = streams[1:] + streams[:1]
             try:
-                batches = self._io(
-                    partial(self.app.broker.read, asked, self.name, room // len(asked), block_ms)
-                )
+                batches = self._read(streams, room, block_ms)
+                streams = streams[1:] + streams[:1]
                 for stream, entries in batches:
                     self._accept(self._keys[stream], entries)
             except BrokerUnavailable:
@@ -278,6 +273,19 @@ class Worker:
             if until_idle and not batches and self._idle():
                 break
         return False
+
+    def _read(self, streams: list[str], room: int, block_ms: int) -> list[tuple[str, list[Entry]]]:
+        """At most `room` new entries from `streams` (COUNT applies to each stream).
+
+        With less room than queues, look at `room` of them (taking turns) without waiting; only if
+        they are empty, wait on all of them for one entry each, which may take up to one more
+        entry per queue than there is room for, but never lets an empty queue hold up a busy one.
+        """
+        read = self.app.broker.read
+        if room >= len(streams):
+            return self._io(partial(read, streams, self.name, room // len(streams), block_ms))  # type: ignore[no-any-return]
+        found = self._io(partial(read, streams[:room], self.name, 1, None))
+        return found or self._io(partial(read, streams, self.name, 1, block_ms))  # type: ignore[no-any-return]
 
     def _capacity(self) -> int:
         prefetch = int(self.concurrency * _SOON / max(self._avg_run, 1e-6))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import Scene
@@ -47,20 +48,22 @@ def test_a_second_sigterm_exits_at_once_and_leaves_the_entry_pending(scene: Scen
     assert result.get(timeout=10) == "long"
 
 
-def test_ctrl_c_on_a_supervised_worker_finishes_in_flight_tasks_then_exits_0(
-    scene: Scene,
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "systemd"])
+def test_a_signal_to_a_supervised_workers_process_group_finishes_in_flight_tasks(
+    scene: Scene, signum: int
 ) -> None:
     worker = scene.worker("-p", "2", "-c", "2", ready=2)
     results = [scene.task("hold").delay(f"t{i}") for i in range(4)]
     for _ in range(4):
         scene.traces.started(timeout=10)
 
-    # A terminal's Ctrl-C reaches the whole process group: the supervisor and every child.
+    # Ctrl-C on a terminal, or systemd stopping the unit, signals the whole process group: the
+    # supervisor and every child, each of which then also gets the supervisor's copy.
     children = worker.children()
     assert len(children) == 2
-    worker.signal(signal.SIGINT)
+    worker.signal(signum)
     for child in children:
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signum)
     worker.wait_for("finishing in-flight tasks", count=2)
     scene.traces.open_gate()
 
@@ -68,3 +71,12 @@ def test_ctrl_c_on_a_supervised_worker_finishes_in_flight_tasks_then_exits_0(
     assert "second signal" not in worker.log
     assert [r.get(timeout=1) for r in results] == ["t0", "t1", "t2", "t3"]
     assert scene.pending() == []
+
+
+def test_children_do_not_outlive_a_supervisor_killed_with_sigkill(scene: Scene) -> None:
+    worker = scene.worker("-p", "2", ready=2)
+    children = worker.children()
+    assert len(children) == 2
+    worker.kill()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], "orphaned workers would run on beside a new supervisor's"

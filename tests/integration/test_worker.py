@@ -189,3 +189,16 @@ def test_a_busy_worker_holds_no_more_than_it_can_start_across_several_queues(
         held = sum(redis_app.broker.backlog(redis_app.keys(q))[1] for q in queues)
         release.set()
     assert held == 1
+
+
+def test_an_empty_queue_does_not_hold_up_a_busy_one_when_room_is_short(redis_app: App) -> None:
+    """-c 1 on an empty queue and a busy one: waiting on the empty queue must not cost the busy
+    queue a whole block (1 s) per task."""
+    redis_app.task(name="idle", queue="a")(lambda: None)
+    work = redis_app.task(name="work", queue="b")(lambda n: time.sleep(0.05) or n)
+    results = [work.delay(n) for n in range(10)]
+    worker = redis_app.Worker(["a", "b"], concurrency=1, block=1.0)
+    began = time.monotonic()
+    with running(worker):
+        assert [r.get(timeout=15) for r in results] == list(range(10))
+    assert time.monotonic() - began < 5, "ten 50 ms tasks took a block each"
