@@ -153,6 +153,8 @@ class Worker:
             # Stopped during an outage: nothing was lost, what is held returns by itself.
         finally:
             self._shutdown()
+        if isinstance(self._crashed, ConfigurationError):
+            raise self._crashed  # the cause itself, e.g. credentials refused, not "a thread failed"
         if self._crashed is not None:
             raise StreamTasksError(f"worker {self.name} stopped: a thread of its own failed") from (
                 self._crashed
@@ -167,6 +169,10 @@ class Worker:
         def guarded() -> None:
             try:
                 loop()
+            except ConfigurationError as exc:  # e.g. credentials refused: not our bug
+                log.error("worker %s stopping: %s", self.name, exc, extra={"worker": self.name})
+                self._crashed = self._crashed or exc
+                self.stop()
             except BaseException as exc:
                 log.critical(
                     "worker %s: its %s thread failed; stopping",
@@ -175,7 +181,7 @@ class Worker:
                     exc_info=True,
                     extra={"worker": self.name},
                 )
-                self._crashed = exc
+                self._crashed = self._crashed or exc
                 self.stop()
 
         return threading.Thread(target=guarded, name=f"{self.name}-{role}", daemon=True)
@@ -243,7 +249,7 @@ class Worker:
                     self.outage,
                     give_up_after=2.0,
                 )
-            except BrokerUnavailable:
+            except StreamTasksError:
                 log.warning("could not hand back entries; they return after the visibility timeout")
         self._release(deliveries)
 
@@ -559,6 +565,8 @@ class Worker:
                 due[job] = now + every[job]
                 try:
                     jobs[job]()
+                except ConfigurationError:
+                    raise  # e.g. credentials refused: waiting will not help; stop the worker
                 except BrokerUnavailable as exc:
                     self.outage.failed(exc)
                     due[job] = now + min(5.0, 4 * every[job])

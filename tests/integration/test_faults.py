@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from streamtasks import App, AsyncResult, ConfigurationError
 from tests.redis_server import RedisServer
@@ -104,6 +105,42 @@ def test_wrong_credentials_are_a_configuration_error_not_an_outage_to_wait_out(
         with pytest.raises(ConfigurationError, match="credentials"):
             task.delay()
         assert time.monotonic() - began < 5, "refused at once, not retried for enqueue_timeout"
+        app.close()
+    finally:
+        server.stop()
+
+
+def test_credentials_refused_while_running_stop_the_worker_with_that_cause(
+    tmp_path: Path, app_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waiting cannot fix a rotated password: the worker stops, says why once, and leaves its
+    entries pending for a worker with the new credentials."""
+    server = RedisServer(tmp_path / "locked", options=("--requirepass", "old"))
+    server.start()
+    try:
+        app = App(app_name, url=f"redis://:old@127.0.0.1:{server.port}/0")
+        ping = app.task(name="ping")(lambda x: x)
+        assert ping.delay(1).id
+        worker = app.Worker()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        admin = redis.Redis(host="127.0.0.1", port=server.port, password="old")
+        wait_until(lambda: admin.xlen(app.keys("default").stream) == 0, what="the first task")
+        admin.config_set("requirepass", "new")
+        admin.client_kill_filter(_type="normal", skipme=True)
+        thread.join(15)
+        assert not thread.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ConfigurationError)
+        assert "credentials" in str(errors[0])
+        assert len([r for r in caplog.records if "stopping" in r.getMessage()]) <= 3
         app.close()
     finally:
         server.stop()
