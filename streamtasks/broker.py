@@ -28,6 +28,9 @@ T = TypeVar("T")
 
 Entry = tuple[str, dict[bytes, bytes]]
 
+#: What settle() says of each record.
+REFUSED, SETTLED, GONE = 0, 1, 2
+
 #: Idle time given to an entry that is handed back, so any worker's next reclaim pass takes it.
 HANDED_BACK_IDLE_MS = 10**12
 
@@ -215,8 +218,10 @@ class Broker:
         return [flag is not None for flag in pipe.execute()]
 
     @_translating
-    def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[bool]:
-        """Apply finished runs in one atomic step each (one round trip); False where fenced."""
+    def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[int]:
+        """Apply finished runs, each atomically, in one round trip. One code per record: SETTLED,
+        REFUSED (another consumer owns the entry now), or GONE (a success whose entry no longer
+        exists anywhere: its result was recorded, there was nothing left to ack)."""
         plain = [i for i, r in enumerate(records) if r.is_plain_ack]
         full = [i for i, r in enumerate(records) if not r.is_plain_ack]
         extra_keys: list[str] = []
@@ -231,19 +236,20 @@ class Broker:
                 extra_keys.append(r.idempotency_key)
                 ikey = 3 + len(extra_keys)
             args += [r.entry_id, r.action, rkey, r.result_ttl_ms, r.status, r.data, ikey, r.extra]
+        settle_keys = [keys.stream, keys.dead, keys.delayed, *extra_keys]
         try:
-            applied = self._scripts["settle"](
-                keys=[keys.stream, keys.dead, keys.delayed, *extra_keys], args=args
-            )
+            applied = self._scripts["settle"](keys=settle_keys, args=args)
         except redis.ResponseError as exc:
             if not _group_missing(exc):
                 raise
+            # Redis lost the group: recreate it and settle again, so that finished runs whose
+            # entries are gone still record their results (GONE).
             self._recreate_groups([keys.stream])
-            return [False] * len(records)
-        flags = [False] * len(records)
-        for i, flag in zip(plain + full, applied, strict=True):
-            flags[i] = bool(flag)
-        return flags
+            applied = self._scripts["settle"](keys=settle_keys, args=args)
+        codes = [REFUSED] * len(records)
+        for i, code in zip(plain + full, applied, strict=True):
+            codes[i] = int(code)
+        return codes
 
     @_translating
     def promote(self, keys: QueueKeys, now_ms: int, limit: int = 500) -> tuple[int, int | None]:

@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamtasks import retrying
-from streamtasks.broker import Entry, Reclaimed
+from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
 from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keys import QueueKeys
@@ -462,14 +462,14 @@ class Worker:
     def _ack_on_receipt(self, d: Delivery) -> bool:
         """acks_late=False: ack (fenced) before running; False if another worker owns it now."""
         (acked,) = self._io(partial(self.app.broker.settle, d.keys, self.name, [early_ack(d)]))
-        if not acked:
+        if acked != SETTLED:
             log.warning(
                 "%s[%s] was taken over by another worker before it started; not run here",
                 d.task_name,
                 d.task_id,
                 extra={"task_id": d.task_id},
             )
-        return bool(acked)
+        return bool(acked == SETTLED)
 
     def _context(self, d: Delivery) -> TaskContext:
         attempt = d.message.attempt if d.message else 0
@@ -517,11 +517,20 @@ class Worker:
                 )
             except BrokerUnavailable:
                 return
-            for s, ok in zip(group, applied, strict=True):
-                if not ok:
+            for s, code in zip(group, applied, strict=True):
+                if code == REFUSED:
                     log.warning(
                         "%s[%s] finished as %s but another worker took it over meanwhile; "
                         "its outcome was not applied",
+                        s.delivery.task_name,
+                        s.delivery.task_id,
+                        s.status,
+                        extra={"task_id": s.delivery.task_id},
+                    )
+                elif code == GONE:
+                    log.warning(
+                        "%s[%s] finished as %s but its entry is gone (Redis lost it, or another "
+                        "worker finished it); the result was recorded, there was nothing to ack",
                         s.delivery.task_name,
                         s.delivery.task_id,
                         s.status,

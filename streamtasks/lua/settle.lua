@@ -8,8 +8,9 @@
 --         'd' dead-letter (extra = netstring of the fields of the dead-letter entry)
 --         'e' ack on receipt (acks_late=False): XACK and XDEL; the worker keeps the fields
 --         'A', 'R', 'D': as above for an entry acked on receipt, so not fenced and only deleted
--- Returns one integer per entry, plain ids first: 1 applied, 0 refused because another consumer
--- owns the entry now (or the same id came earlier in this batch: an entry is settled once).
+-- Returns one integer per entry, plain ids first: 1 applied; 0 refused because another consumer
+-- owns the entry now (or the same id came earlier in this batch: an entry is settled once);
+-- 2 a success whose entry is gone (see below): its result and key were recorded, nothing acked.
 local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
 local plain = tonumber(ARGV[3])
 local out, acks, dels, seen = {}, {}, {}, {}
@@ -27,6 +28,17 @@ for i = 4, 3 + plain do
     out[#out + 1] = 0
   end
 end
+-- A successful run's result and idempotency mark.
+local function record(rkey, ttl, status, data, ikey, ikey_ttl)
+  if ikey > 0 then
+    redis.call('HSET', KEYS[ikey], 'done', '1')
+    if redis.call('PTTL', KEYS[ikey]) < 0 then redis.call('PEXPIRE', KEYS[ikey], ikey_ttl) end
+  end
+  if rkey > 0 then
+    redis.call('XADD', KEYS[rkey], '*', 'status', status, 'data', data)
+    redis.call('PEXPIRE', KEYS[rkey], ttl)
+  end
+end
 for i = 4 + plain, #ARGV, 8 do
   local id, action = ARGV[i], ARGV[i + 1]
   local rkey, ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -34,8 +46,19 @@ for i = 4 + plain, #ARGV, 8 do
   local ikey, extra = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local acked = action == 'A' or action == 'R' or action == 'D'
   local act = string.lower(action)
-  if not first(id) or (not acked and owner(stream, group, id) ~= me) then
+  local holder = me
+  if not acked then holder = owner(stream, group, id) end
+  if not first(id) then
     out[#out + 1] = 0
+  elseif holder ~= me then
+    -- Pending nowhere and gone from the stream: Redis lost it, or another worker finished it.
+    -- A successful run still records its result; a retry or dead letter could add a run, so not.
+    if holder == false and act == 'a' and redis.call('XRANGE', stream, id, id)[1] == nil then
+      record(rkey, ttl, status, data, ikey, tonumber(extra))
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 0
+    end
   else
     if act == 'e' then
       redis.call('XACK', stream, group, id)
@@ -48,13 +71,10 @@ for i = 4 + plain, #ARGV, 8 do
         redis.call('XADD', KEYS[2], '*', unpack(unnet(extra)))
       end
       if acked then dels[#dels + 1] = id else acks[#acks + 1] = id end
-      if ikey > 0 and act == 'a' then
-        redis.call('HSET', KEYS[ikey], 'done', '1')
-        if redis.call('PTTL', KEYS[ikey]) < 0 then redis.call('PEXPIRE', KEYS[ikey], tonumber(extra)) end
-      end
-      if rkey > 0 then
-        redis.call('XADD', KEYS[rkey], '*', 'status', status, 'data', data)
-        redis.call('PEXPIRE', KEYS[rkey], ttl)
+      if act == 'a' then
+        record(rkey, ttl, status, data, ikey, tonumber(extra))
+      elseif rkey > 0 then
+        record(rkey, ttl, status, data, 0, 0)
       end
     end
     out[#out + 1] = 1

@@ -144,3 +144,23 @@ def test_credentials_refused_while_running_stop_the_worker_with_that_cause(
         app.close()
     finally:
         server.stop()
+
+
+def test_a_run_that_finishes_after_redis_lost_its_entry_still_reports_its_result(
+    own_redis: RedisServer, make_app: Callable[..., App], app_name: str
+) -> None:
+    app = make_app(app_name, url=own_redis.url)
+    started, finish = threading.Event(), threading.Event()
+
+    @app.task(name="slow")
+    def slow() -> str:
+        started.set()
+        finish.wait(10)
+        return "done"
+
+    result = slow.delay()
+    with running(app.Worker()):
+        assert started.wait(10)
+        own_redis.client().flushall()  # the data is gone while the task runs
+        finish.set()
+        assert result.get(timeout=8) == "done", "the producer is not left waiting for ever"

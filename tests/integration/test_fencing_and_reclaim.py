@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from streamtasks import App, TaskError
-from streamtasks.broker import SettleRecord
+from streamtasks.broker import GONE, REFUSED, SettleRecord
 from streamtasks.keys import GROUP
 from streamtasks.message import netstring, pack
 from tests.integration.conftest import Consumer
@@ -256,7 +256,11 @@ def test_an_entry_named_twice_in_one_settle_batch_is_settled_once(redis_app: App
     dead = SettleRecord(entry, "d", None, 0, "DEAD", b"", None, netstring(["error_type", "X"]))
     assert broker.settle(keys, "worker-a", [dead, dead]) == [True, False]
     assert len(redis_app.dead_letters()) == 1
+    # Settled and deleted: a late success finds the entry gone and only records its result
+    # (GONE); the repeat in the same batch is refused.
     assert broker.settle(keys, "worker-a", [success(redis_app, entry, result.id)] * 2) == [
-        False,
-        False,
-    ], "already settled: nothing left to own"
+        GONE,
+        REFUSED,
+    ]
+    assert len(redis_app.dead_letters()) == 1
+    assert stream_len(redis_app) == 0
