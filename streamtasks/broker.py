@@ -93,8 +93,10 @@ class Reclaimed:
 
 
 def _group_missing(exc: redis.ResponseError) -> bool:
-    # UNBLOCKED: the stream was deleted while a read waited on it (Redis 7).
-    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+    # Redis 6.2 wraps an error raised inside a script ("Error running script ...: NOGROUP ..."),
+    # hence "in"; UNBLOCKED: the stream was deleted while a read waited on it (Redis 7).
+    message = str(exc)
+    return "NOGROUP" in message or message.startswith("UNBLOCKED")
 
 
 def _s(value: bytes | str) -> str:
