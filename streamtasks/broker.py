@@ -331,7 +331,11 @@ class Broker:
         pipe.xlen(keys.stream)
         pipe.xpending(keys.stream, GROUP)
         pipe.zcard(keys.delayed)
-        length, pending, delayed = pipe.execute()
+        length, pending, delayed = pipe.execute(raise_on_error=False)
+        if isinstance(pending, redis.ResponseError):
+            if not _group_missing(pending):
+                raise pending
+            pending = {"pending": 0}  # no worker has served this queue yet
         return int(length), int(pending["pending"]), int(delayed)
 
     # -- results ---------------------------------------------------------------------------

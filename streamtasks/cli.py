@@ -263,7 +263,6 @@ def status(app: App, url: str | None, as_json: bool) -> None:
     rows = []
     for queue in app.queues or [app.default_queue]:
         keys = app.keys(queue)
-        app.broker.ensure_group(keys)
         length, pending, delayed = app.broker.backlog(keys)
         rows.append(
             {
