@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -97,3 +98,11 @@ def test_status_prints_a_table(scene: Scene) -> None:
     header, row = done.stdout.splitlines()
     assert header.split() == ["queue", "stream", "pending", "delayed", "dead"]
     assert row.split() == ["default", "1", "0", "0", "0"]
+
+
+def test_status_of_queues_nobody_used_yet_reads_zeros_and_writes_nothing(scene: Scene) -> None:
+    done = scene.cli("status", "-A", TASKS, "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert {row["stream"] for row in json.loads(done.stdout)} == {0}
+    assert scene.redis.keys(f"{scene.name}:*") == []
