@@ -138,11 +138,7 @@ class Broker:
             if key is None:
                 pipe.xadd(keys.stream, fields)
             else:
-                self._scripts["enqueue"](
-                    keys=[keys.stream, keys.delayed, keys.idempotency(key)],
-                    args=[task_id, 0, idempotency_ttl_ms, *flatten(fields)],
-                    client=pipe,
-                )
+                self._enqueue_script(keys, task_id, fields, 0, key, idempotency_ttl_ms, pipe)
         replies = pipe.execute()
         return [
             task_id if key is None else _s(reply[0])
@@ -161,13 +157,29 @@ class Broker:
         idempotency_ttl_ms: int = 0,
     ) -> tuple[str, bool]:
         """Enqueue now or at `due_ms`, at most once per idempotency key; (task id, created)."""
-        ikey = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
-        ttl = idempotency_ttl_ms if idempotency_key is not None else 0
-        found_id, created = self._scripts["enqueue"](
-            keys=[keys.stream, keys.delayed, ikey],
-            args=[task_id, due_ms, ttl, *flatten(fields)],
+        found_id, created = self._enqueue_script(
+            keys, task_id, fields, due_ms, idempotency_key, idempotency_ttl_ms, self._r
         )
         return _s(found_id), bool(created)
+
+    def _enqueue_script(
+        self,
+        keys: QueueKeys,
+        task_id: str,
+        fields: Fields,
+        due_ms: int,
+        key: str | None,
+        ttl_ms: int,
+        client: Any,
+    ) -> Any:
+        """Call enqueue.lua on `client` (the connection, or a pipeline to queue it on)."""
+        # Without a key the script ignores its third key; the stream stands in (same slot).
+        ikey = keys.stream if key is None else keys.idempotency(key)
+        return self._scripts["enqueue"](
+            keys=[keys.stream, keys.delayed, ikey],
+            args=[task_id, due_ms, 0 if key is None else ttl_ms, *flatten(fields)],
+            client=client,
+        )
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -294,7 +306,7 @@ class Broker:
             default_timeout_ms,
             int(own),
             now_ms,
-            keys.result(""),
+            keys.result_prefix,
             result_ttl_ms,
             pack(dead),
             count if limit is None else limit,
@@ -373,7 +385,7 @@ class Broker:
     @_translating
     def replay(self, keys: QueueKeys, ids: Iterable[str], now_ms: int) -> list[str]:
         done = self._scripts["replay"](
-            keys=[keys.dead, keys.stream], args=[now_ms, keys.result(""), *ids]
+            keys=[keys.dead, keys.stream], args=[now_ms, keys.result_prefix, *ids]
         )
         return [_s(i) for i in done]
 

@@ -50,8 +50,13 @@ class QueueKeys:
     def delayed(self) -> str:
         return f"{self._base}:delayed"
 
+    @cached_property
+    def result_prefix(self) -> str:
+        """What a task id is appended to for its result key (the Lua scripts build them so)."""
+        return f"{self._base}:result:"
+
     def result(self, task_id: str) -> str:
-        return f"{self._base}:result:{task_id}"
+        return self.result_prefix + task_id
 
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"

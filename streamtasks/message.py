@@ -135,5 +135,6 @@ def netstring(values: list[bytes | str]) -> bytes:
     return bytes(out)
 
 
-def flatten(fields: Fields) -> list[bytes | str]:
+def flatten(fields: Mapping[Any, Any]) -> list[Any]:
+    """A field map as the flat field, value, ... list XADD and netstrings take."""
     return [item for pair in fields.items() for item in pair]

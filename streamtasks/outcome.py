@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from streamtasks.broker import SettleRecord
 from streamtasks.errors import DecodeError, EncodeError
 from streamtasks.keys import QueueKeys
-from streamtasks.message import Message, decode, netstring, pack
+from streamtasks.message import Message, decode, flatten, netstring, pack
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, RetryLater, Succeeded
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def _dead_fields(d: Delivery, error: ErrorInfo, worker: str, now: float) -> byte
     """The dead-letter entry: the original fields as they were, then why it failed."""
     return netstring(
         [
-            *(item for pair in d.fields.items() for item in pair),
+            *flatten(d.fields),
             "error_type",
             error.type_name,
             "error",
@@ -144,7 +144,7 @@ def record_for(
         due_ms = int((now + outcome.delay) * 1000)
         fields = dict(d.fields)
         fields[b"attempt"] = str(d.attempt + 1).encode()
-        extra = b"%d:" % due_ms + netstring([x for pair in fields.items() for x in pair])
+        extra = b"%d:" % due_ms + netstring(flatten(fields))
         data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": d.attempt})
         return _late(
             d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra), "RETRY"
@@ -160,14 +160,6 @@ def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
     if d.options is not None and not d.options.acks_late:
         record = record._replace(action=record.action.upper())
     return Settle(d, record, status)
-
-
-def refused(d: Delivery, worker: str, now: float, result_ttl: float) -> Settle:
-    """An entry that cannot run (undecodable, unknown task or schema): dead-letter it unrun."""
-    assert d.problem is not None
-    return record_for(
-        d, DeadLetter(d.problem), worker=worker, now=now, result_ttl=result_ttl, idempotency_ttl=0
-    )
 
 
 def skipped(d: Delivery) -> Settle:

@@ -27,8 +27,8 @@ from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
 from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keys import QueueKeys
-from streamtasks.outcome import Delivery, Settle, early_ack, record_for, refused, skipped
-from streamtasks.policy import ErrorInfo, Failed, decide
+from streamtasks.outcome import Delivery, Settle, early_ack, record_for, skipped
+from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, decide
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -385,7 +385,8 @@ class Worker:
                     d.problem.message,
                     extra={"queue": keys.queue, "entry_id": d.entry_id},
                 )
-                self._settles.put([refused(d, self.name, self.app.clock(), self.app.result_ttl)])
+                # Never run: dead-lettered with the reason, atomically with its ack.
+                self._settles.put([self._record(d, DeadLetter(d.problem))])
             elif id(d) in done:
                 log.info(
                     "%s[%s] already done under key %s; not run again",
@@ -437,17 +438,10 @@ class Worker:
             _current.reset(token)
         took = time.perf_counter() - began
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
-        record = partial(
-            record_for,
-            worker=self.name,
-            now=self.app.clock(),
-            result_ttl=self.app.result_ttl,
-            idempotency_ttl=self.app.idempotency_ttl,
-        )
         try:
-            settle = record(d, decide(task.options.retry, message.attempt, exc, value))
+            settle = self._record(d, decide(task.options.retry, message.attempt, exc, value))
         except Exception as error:  # an outcome that cannot be applied is the task's failure
-            settle = record(d, Failed(ErrorInfo.of(error)))
+            settle = self._record(d, Failed(ErrorInfo.of(error)))
         if self._log_each:
             log.info(
                 "%s[%s] %s in %.4fs",
@@ -458,6 +452,16 @@ class Worker:
                 extra={"task_id": message.id, "task": task.name, "seconds": took},
             )
         return settle
+
+    def _record(self, d: Delivery, outcome: Outcome) -> Settle:
+        return record_for(
+            d,
+            outcome,
+            worker=self.name,
+            now=self.app.clock(),
+            result_ttl=self.app.result_ttl,
+            idempotency_ttl=self.app.idempotency_ttl,
+        )
 
     def _ack_on_receipt(self, d: Delivery) -> bool:
         """acks_late=False: ack (fenced) before running; False if another worker owns it now."""
