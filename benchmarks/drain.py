@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -18,6 +18,8 @@ class Contestant:
 
     `fill(url, body, n)` enqueues n calls of the body ("noop" or "incr") while no worker runs;
     `command(url, body)` is the worker's argv; `remaining(client)` counts what is not yet done.
+    For the pickup latency (latency.py), `stamps(url, times)` sends one "stamp" task for each
+    wall-clock time as `times` yields it, passing that time as the task's argument.
     """
 
     name: str
@@ -26,6 +28,7 @@ class Contestant:
     command: Callable[[str, str], list[str]]
     remaining: Callable[[redis.Redis], int]
     env: dict[str, str] = field(default_factory=dict)
+    stamps: Callable[[str, Iterator[float]], None] | None = None
 
 
 @dataclass

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 
-from benchmarks import procs, rawloop
+from benchmarks import latency, procs, rawloop
 from benchmarks.drain import Contestant
 from benchmarks.names import DONE, HOLDING, RAW_STREAM, STAMPS, STARTED
 
@@ -160,6 +159,14 @@ def _raw_remaining(client: redis.Redis) -> int:
     return len(undelivered) + int(group["pending"])  # type: ignore[arg-type]
 
 
+def _raw_stamps(url: str, times: Iterator[float]) -> None:
+    client = redis.Redis.from_url(url)
+    rawloop.ensure_group(client)
+    for at in times:
+        client.xadd(RAW_STREAM, rawloop.fields("stamp", [at]))  # type: ignore[arg-type]
+    client.close()
+
+
 def raw() -> Contestant:
     return Contestant(
         name="raw",
@@ -167,26 +174,11 @@ def raw() -> Contestant:
         fill=_raw_fill,
         command=lambda url, body: procs.python("-m", "benchmarks.rawloop", "--url", url),
         remaining=_raw_remaining,
+        stamps=_raw_stamps,
     )
 
 
 # -- latency ---------------------------------------------------------------------------------
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50": statistics.median(ordered) * 1000, "p99": cuts[98] * 1000}
-
-
-def _paced(n: int, gap: float, send: Callable[[float], None]) -> None:
-    """Call send(now) n times, `gap` seconds apart (later if a send takes longer)."""
-    for _ in range(n):
-        at = time.time()
-        send(at)
-        pause = at + gap - time.time()
-        if pause > 0:
-            time.sleep(pause)
 
 
 def _stamps(client: redis.Redis) -> list[float]:
@@ -194,45 +186,30 @@ def _stamps(client: redis.Redis) -> list[float]:
 
 
 def latency_streamtasks(client: redis.Redis, url: str, n: int, concurrency: int) -> dict[str, Any]:
-    """Enqueue-to-start (recorded by the task) and enqueue-to-get() for `n` tasks sent `gap` apart
-    to an idle worker, one at a time."""
+    """Enqueue-to-start (recorded by the task) and enqueue-to-get() for `n` tasks sent
+    latency.GAP apart to an idle worker, one at a time."""
     client.flushdb()
     stamp = st().stamp
     proc = procs.spawn(st_worker(concurrency)(url, "stamp"), "streamtasks-latency")
     try:
-        stamp.delay(time.time()).get(timeout=30)  # the worker is up and idle
+        # Timed only once the worker has run latency.WARM tasks: its start-up does not count.
+        for result in [stamp.delay(time.time()) for _ in range(latency.WARM)]:
+            result.get(timeout=30)
         client.delete(STAMPS)
         finished: list[float] = []
-
-        def send(at: float) -> None:
+        for at in latency.ticks(n):
             stamp.delay(at).get(timeout=10)
             finished.append(time.time() - at)
-
-        _paced(n, 0.005, send)
         pickup = _stamps(client)
     finally:
         procs.stop(proc)
-    return {"pickup": _percentiles(pickup), "result": _percentiles(finished)}
+    return {"pickup": latency.percentiles(pickup), "result": latency.percentiles(finished)}
 
 
-def latency_raw(client: redis.Redis, url: str, n: int) -> dict[str, Any]:
-    client.flushdb()
-    rawloop.ensure_group(client)
-    proc = procs.spawn(raw().command(url, "stamp"), "raw-latency")
-    try:
-        client.xadd(RAW_STREAM, rawloop.fields("stamp", [time.time()]))  # type: ignore[arg-type]
-        if client.blpop([STAMPS], timeout=30) is None:
-            raise RuntimeError(f"raw loop did not start:\n{procs.tail(proc)}")
+# -- recovery --------------------------------------------------------------------------------
 
-        def send(at: float) -> None:
-            client.xadd(RAW_STREAM, rawloop.fields("stamp", [at]))  # type: ignore[arg-type]
-
-        _paced(n, 0.005, send)
-        _wait_for_length(client, STAMPS, n, 10.0)
-        pickup = _stamps(client)
-    finally:
-        procs.stop(proc)
-    return {"pickup": _percentiles(pickup)}
+VISIBILITY_TIMEOUT = 5.0
+HELD = 4
 
 
 def _wait_for_length(client: redis.Redis, key: str, n: int, timeout: float) -> None:
@@ -241,12 +218,6 @@ def _wait_for_length(client: redis.Redis, key: str, n: int, timeout: float) -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"{key}: {client.llen(key)} of {n} after {timeout}s")
         time.sleep(0.01)
-
-
-# -- recovery --------------------------------------------------------------------------------
-
-VISIBILITY_TIMEOUT = 5.0
-HELD = 4
 
 
 def recovery(client: redis.Redis, url: str) -> float:

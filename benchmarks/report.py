@@ -64,6 +64,13 @@ def _number(value: float | None, unit: str) -> str:
     return f"{value:,.0f}"
 
 
+def _ratio(value: float | None) -> str:
+    if not value:
+        return ""
+    # Two decimals, or three below 0.1x, where a polling peer's latency would read "0.00x".
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows of {section, case, value, unit, vs_raw, vs_ours, settings} as aligned text."""
     head = ["section", "case", "median", "unit", "vs raw", "ours/this", "settings / notes"]
@@ -75,8 +82,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 r["case"],
                 r.get("text") or _number(r.get("value"), r["unit"]),
                 r["unit"],
-                f"{r['vs_raw']:.2f}x" if r.get("vs_raw") else "",
-                f"{r['vs_ours']:.2f}x" if r.get("vs_ours") else "",
+                _ratio(r.get("vs_raw")),
+                _ratio(r.get("vs_ours")),
                 r.get("settings", ""),
             ]
         )

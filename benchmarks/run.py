@@ -13,13 +13,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from benchmarks import drain, ours, procs, report
+from benchmarks import drain, latency, ours, procs, report
 from benchmarks.server import BenchRedis
 
 BODIES = ("noop", "incr")
 MIB = 2**20
+
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,6 +84,13 @@ class Run:
         return report.median(self.samples.get(key, []))
 
 
+def rotated(cases: list[T], index: int, runs: int) -> list[T]:
+    """The cases in the order of run `index`: rotated each run, so none always goes first (or
+    right after another)."""
+    shift = index * max(1, len(cases) // max(runs, 1))
+    return cases[shift:] + cases[:shift]
+
+
 def one_run(
     index: int, args: argparse.Namespace, server: BenchRedis, peers: list[Any], run: Run
 ) -> None:
@@ -105,9 +114,7 @@ def one_run(
                     (f"drain.{body}.{variant}", ours.streamtasks(variant, args.concurrency), body)
                 )
             cases += [(f"drain.{body}.peer.{p.name}", p.contestant(), body) for p in peers]
-        # Rotate the order each run, so no contestant always goes first (or right after another).
-        shift = index * max(1, len(cases) // max(args.runs, 1))
-        for key, who, body in cases[shift:] + cases[:shift]:
+        for key, who, body in rotated(cases, index, args.runs):
 
             def one(key: str = key, who: drain.Contestant = who, body: str = body) -> None:
                 done = drain.drain(client, server.url, who, body, args.n, args.timeout)
@@ -132,19 +139,24 @@ def one_run(
 
     if "latency" not in args.skip:
 
-        def latency() -> None:
+        def latency_ours() -> None:
             found = ours.latency_streamtasks(client, server.url, args.latency_n, args.concurrency)
             for kind in ("pickup", "result"):
                 for cut in ("p50", "p99"):
                     add[f"latency.{kind}.{cut}"].append(found[kind][cut])
 
-        def latency_raw() -> None:
-            found = ours.latency_raw(client, server.url, args.latency_n)
-            for cut in ("p50", "p99"):
-                add[f"latency.raw_pickup.{cut}"].append(found["pickup"][cut])
+        def pickup(key: str, who: drain.Contestant) -> Callable[[], None]:
+            def one() -> None:
+                for cut, value in latency.pickup(client, server.url, who, args.latency_n).items():
+                    add[f"{key}.{cut}"].append(value)
 
-        run.attempt("latency", latency)
-        run.attempt("latency.raw", latency_raw)
+            return one
+
+        pickups = [("latency.raw_pickup", ours.raw())]
+        pickups += [(f"latency.peer.{p.name}", p.contestant()) for p in peers]
+        timed = [("latency", latency_ours)] + [(key, pickup(key, who)) for key, who in pickups]
+        for key, measure in rotated(timed, index, args.runs):
+            run.attempt(key, measure)
 
     if "recovery" not in args.skip:
         run.attempt(
@@ -167,8 +179,11 @@ def rows(
         settings: str = "",
         raw_key: str | None = None,
         ours_key: str | None = None,
+        attempt: str | None = None,
     ) -> None:
+        """`attempt` is the measurement whose failure explains a missing value (default: key)."""
         value = m(key)
+        attempt = attempt or key
         entry: dict[str, Any] = {
             "section": section,
             "case": case,
@@ -178,9 +193,9 @@ def rows(
             "settings": settings,
             "samples": run.samples.get(key, []),
         }
-        if value is None and key in run.failures:
+        if value is None and attempt in run.failures:
             entry["text"] = "FAILED"
-            entry["settings"] = run.failures[key]
+            entry["settings"] = run.failures[attempt]
         # vs_raw is this / raw and ours/this is ours / this, whatever the unit: for tasks/s
         # higher is better, for ms and s lower is.
         base = m(raw_key) if raw_key else None
@@ -190,6 +205,20 @@ def rows(
         if value and base:
             entry["vs_ours"] = base / value
         out.append(entry)
+
+    def skipped_rows(section: str, unit: str, prefix: str) -> None:
+        for name, why in skipped.items():
+            out.append(
+                {
+                    "section": section,
+                    "case": name,
+                    "key": f"{prefix}.{name}",
+                    "value": None,
+                    "unit": unit,
+                    "text": "skipped",
+                    "settings": why,
+                }
+            )
 
     row(
         "enqueue",
@@ -237,18 +266,7 @@ def rows(
                 raw_key=raw_key,
                 ours_key=f"drain.{body}.ignore",
             )
-        for name, why in skipped.items():
-            out.append(
-                {
-                    "section": section,
-                    "case": name,
-                    "key": f"drain.{body}.peer.{name}",
-                    "value": None,
-                    "unit": "tasks/s",
-                    "text": "skipped",
-                    "settings": why,
-                }
-            )
+        skipped_rows(section, "tasks/s", f"drain.{body}.peer")
 
     cores = os.cpu_count()
     for processes in (1, 2, 4):
@@ -262,32 +280,51 @@ def rows(
             raw_key="drain.noop.raw",
         )
 
-    lat = f"{args.latency_n} tasks 5 ms apart to an idle worker (-c {args.concurrency})"
-    row(
-        "latency",
-        "streamtasks enqueue -> start, p50",
-        "latency.pickup.p50",
-        "ms",
-        lat,
-        raw_key="latency.raw_pickup.p50",
+    lat = (
+        f"{args.latency_n} tasks {latency.GAP * 1000:g} ms apart to an idle worker (-c "
+        f"{args.concurrency}), timed once {latency.WARM} warm-up tasks ran; lower is better"
     )
-    row(
-        "latency",
-        "streamtasks enqueue -> start, p99",
-        "latency.pickup.p99",
-        "ms",
-        raw_key="latency.raw_pickup.p99",
-    )
-    row("latency", "streamtasks enqueue -> get() returns, p50", "latency.result.p50", "ms")
-    row("latency", "streamtasks enqueue -> get() returns, p99", "latency.result.p99", "ms")
-    row(
-        "latency",
-        "raw loop enqueue -> start, p50",
-        "latency.raw_pickup.p50",
-        "ms",
-        "XREADGROUP BLOCK 1000",
-    )
-    row("latency", "raw loop enqueue -> start, p99", "latency.raw_pickup.p99", "ms")
+    for cut in ("p50", "p99"):
+        row(
+            "latency",
+            f"streamtasks enqueue -> start, {cut}",
+            f"latency.pickup.{cut}",
+            "ms",
+            lat if cut == "p50" else "",
+            raw_key=f"latency.raw_pickup.{cut}",
+            attempt="latency",
+        )
+    for cut in ("p50", "p99"):
+        row(
+            "latency",
+            f"streamtasks enqueue -> get() returns, {cut}",
+            f"latency.result.{cut}",
+            "ms",
+            attempt="latency",
+        )
+    for cut in ("p50", "p99"):
+        row(
+            "latency",
+            f"raw loop enqueue -> start, {cut}",
+            f"latency.raw_pickup.{cut}",
+            "ms",
+            "XREADGROUP BLOCK 1000" if cut == "p50" else "",
+            attempt="latency.raw_pickup",
+        )
+    for p in peers:
+        key = f"latency.peer.{p.name}"
+        for cut in ("p50", "p99"):
+            row(
+                "latency",
+                f"{p.name} {p.version} enqueue -> start, {cut}",
+                f"{key}.{cut}",
+                "ms",
+                p.settings if cut == "p50" else "ours/this below 1.00x: ours starts sooner",
+                raw_key=f"latency.raw_pickup.{cut}",
+                ours_key=f"latency.pickup.{cut}",
+                attempt=key,
+            )
+    skipped_rows("latency", "ms", "latency.peer")
 
     row(
         "memory",

@@ -52,4 +52,4 @@ def test_quick_run_prints_a_table_and_writes_json_with_every_figure(tmp_path: Pa
         assert data["samples"][key], key
     assert data["meta"]["machine"]["cpus"] >= 1
     skipped = {row["case"] for row in data["rows"] if row.get("text") == "skipped"}
-    assert skipped == {"celery", "dramatiq", "arq", "taskiq-redis", "streaq"}
+    assert skipped == {"celery", "dramatiq", "arq", "taskiq-redis", "streaq", "huey"}

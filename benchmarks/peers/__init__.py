@@ -16,6 +16,7 @@ PEERS = {
     "arq": ("arq", "benchmarks.peers.arq_peer"),
     "taskiq-redis": ("taskiq-redis", "benchmarks.peers.taskiq_peer"),
     "streaq": ("streaq", "benchmarks.peers.streaq_peer"),
+    "huey": ("huey", "benchmarks.peers.huey_peer"),
 }
 NAMES = list(PEERS)
 

@@ -20,6 +20,9 @@ _async: redis.asyncio.Redis | None = None
 
 
 def sync_client() -> redis.Redis:
+    """The task bodies' client; the asyncio peers' stamp task uses it too: the time is taken
+    before its one blocking RPUSH, and the next stamp comes latency.GAP later, so blocking the
+    event loop that long changes no figure."""
     global _sync
     if _sync is None:
         _sync = redis.Redis.from_url(url())

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 from arq import create_pool
 from arq.connections import RedisSettings
 
-from benchmarks import procs
+from benchmarks import bodies, procs
 from benchmarks.drain import Contestant
-from benchmarks.peers._common import async_incr, url
+from benchmarks.peers._common import async_incr, sync_client, url
 
 
 async def noop(ctx: dict[str, Any], *args: object) -> None:
@@ -22,11 +23,15 @@ async def incr(ctx: dict[str, Any], *args: object) -> None:
     await async_incr()
 
 
+async def stamp(ctx: dict[str, Any], enqueued_at: float) -> None:
+    bodies.stamp(sync_client(), enqueued_at)
+
+
 MAX_JOBS = 100
 
 
 class WorkerSettings:
-    functions = [noop, incr]  # noqa: RUF012 - arq reads these as class attributes
+    functions = [noop, incr, stamp]  # noqa: RUF012 - arq reads these as class attributes
     redis_settings = RedisSettings.from_dsn(url() or "redis://127.0.0.1:1")
     keep_result = 0
     max_jobs = MAX_JOBS
@@ -34,7 +39,8 @@ class WorkerSettings:
 
 SETTINGS = (
     f"one process, max_jobs={MAX_JOBS} (default 10), keep_result=0 (results ignored), "
-    "arq held at 0.25 by the redis pin of later versions"
+    "poll_delay 0.5s (default: the worker polls its queue), arq held at 0.25 by the redis pin "
+    "of later versions"
 )
 
 
@@ -46,6 +52,16 @@ def _fill(_url: str, body: str, n: int) -> None:
         await pool.aclose()
 
     asyncio.run(fill())
+
+
+def _stamps(_url: str, times: Iterator[float]) -> None:
+    async def send() -> None:
+        pool = await create_pool(WorkerSettings.redis_settings)
+        for at in times:
+            await pool.enqueue_job("stamp", at)
+        await pool.aclose()
+
+    asyncio.run(send())
 
 
 def _remaining(client: redis.Redis) -> int:
@@ -63,4 +79,5 @@ def contestant() -> Contestant:
             "arq",
             "benchmarks.peers.arq_peer.WorkerSettings",
         ),
+        stamps=_stamps,
     )

@@ -3,6 +3,8 @@ fills, starts and watches it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import redis
 from celery import Celery
 
@@ -29,6 +31,11 @@ def incr(*args: object) -> None:
     bodies.incr(sync_client())
 
 
+@app.task(name="stamp")
+def stamp(enqueued_at: float) -> None:
+    bodies.stamp(sync_client(), enqueued_at)
+
+
 SETTINGS = (
     "redis broker, acks_late, no result backend; prefork pool -c 2 (the default: one child per "
     "core), prefetch multiplier 4 (default), -l warning"
@@ -40,6 +47,12 @@ def _fill(_url: str, body: str, n: int) -> None:
     with app.producer_or_acquire() as producer:
         for _ in range(n):
             task.apply_async(producer=producer)
+
+
+def _stamps(_url: str, times: Iterator[float]) -> None:
+    with app.producer_or_acquire() as producer:
+        for at in times:
+            stamp.apply_async((at,), producer=producer)
 
 
 def _remaining(client: redis.Redis) -> int:
@@ -66,4 +79,5 @@ def contestant() -> Contestant:
             "-l",
             "warning",
         ),
+        stamps=_stamps,
     )

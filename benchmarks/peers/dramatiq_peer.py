@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -24,6 +26,11 @@ def incr(*args: object) -> None:
     bodies.incr(sync_client())
 
 
+@dramatiq.actor(actor_name="stamp", queue_name="default")
+def stamp(enqueued_at: float) -> None:
+    bodies.stamp(sync_client(), enqueued_at)
+
+
 THREADS = 32
 SETTINGS = (
     f"RedisBroker, default middleware (no results); one process -p 1, -t {THREADS} threads "
@@ -35,6 +42,11 @@ def _fill(_url: str, body: str, n: int) -> None:
     actor = {"noop": noop, "incr": incr}[body]
     for _ in range(n):
         actor.send()
+
+
+def _stamps(_url: str, times: Iterator[float]) -> None:
+    for at in times:
+        stamp.send(at)
 
 
 def _remaining(client: redis.Redis) -> int:
@@ -57,4 +69,5 @@ def contestant() -> Contestant:
             "-t",
             str(THREADS),
         ),
+        stamps=_stamps,
     )

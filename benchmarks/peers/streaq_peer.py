@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 import redis
 from streaq import Worker
 
-from benchmarks import procs
+from benchmarks import bodies, procs
 from benchmarks.drain import Contestant
-from benchmarks.peers._common import async_incr, url
+from benchmarks.peers._common import async_incr, sync_client, url
 
 worker = Worker(redis_url=url() or "redis://127.0.0.1:1")
 
@@ -23,6 +25,11 @@ async def incr(*args: object) -> None:
     await async_incr()
 
 
+@worker.task(ttl=0)
+async def stamp(enqueued_at: float) -> None:
+    bodies.stamp(sync_client(), enqueued_at)
+
+
 SETTINGS = "one process, concurrency 16 (default), ttl=0 (results ignored)"
 
 
@@ -35,6 +42,15 @@ def _fill(_url: str, body: str, n: int) -> None:
                 await worker.enqueue_many([task.enqueue() for _ in range(min(1000, n - start))])
 
     anyio.run(fill)
+
+
+def _stamps(_url: str, times: Iterator[float]) -> None:
+    async def send() -> None:
+        async with worker:
+            for at in times:
+                await stamp.enqueue(at)
+
+    anyio.run(send)
 
 
 def _remaining(client: redis.Redis) -> int:
@@ -54,4 +70,5 @@ def contestant() -> Contestant:
             "run",
             "benchmarks.peers.streaq_peer:worker",
         ),
+        stamps=_stamps,
     )

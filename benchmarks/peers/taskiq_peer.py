@@ -4,13 +4,14 @@ harness drives it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import redis
 from taskiq_redis import RedisStreamBroker
 
-from benchmarks import procs
+from benchmarks import bodies, procs
 from benchmarks.drain import Contestant
-from benchmarks.peers._common import async_incr, stream_remaining, url
+from benchmarks.peers._common import async_incr, stream_remaining, sync_client, url
 
 broker = RedisStreamBroker(url=url() or "redis://127.0.0.1:1")
 
@@ -23,6 +24,11 @@ async def noop(*args: object) -> None:
 @broker.task(task_name="incr")
 async def incr(*args: object) -> None:
     await async_incr()
+
+
+@broker.task(task_name="stamp")
+async def stamp(enqueued_at: float) -> None:
+    bodies.stamp(sync_client(), enqueued_at)
 
 
 SETTINGS = (
@@ -41,6 +47,16 @@ def _fill(_url: str, body: str, n: int) -> None:
         await broker.shutdown()
 
     asyncio.run(fill())
+
+
+def _stamps(_url: str, times: Iterator[float]) -> None:
+    async def send() -> None:
+        await broker.startup()  # the consumer group, if the worker has not made it yet
+        for at in times:
+            await stamp.kiq(at)
+        await broker.shutdown()
+
+    asyncio.run(send())
 
 
 def _remaining(client: redis.Redis) -> int:
@@ -63,4 +79,5 @@ def contestant() -> Contestant:
             "--log-level",
             "WARNING",
         ),
+        stamps=_stamps,
     )
