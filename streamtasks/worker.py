@@ -1,9 +1,10 @@
 """The worker: fetch entries, run them on a thread pool, decide each outcome, settle in batches.
 
 Threads of one worker:
-- the fetcher (the caller of `run`/`drain`) reads new entries with XREADGROUP, never more than the
-  pool can start soon;
-- `concurrency` executors run tasks and turn each run into a settle record (`outcome.py`);
+- `concurrency` executors run tasks and turn each run into a settle record (`outcome.py`). An
+  executor with nothing to run reads new entries itself with XREADGROUP (one at a time does),
+  never more than the pool can start soon, and runs the first of them at once: no hand-off
+  between a read and a run, so an idle worker starts a new task as soon as its read returns;
 - the settler applies finished records, many per round trip, with the fenced `settle` script;
 - the keeper promotes due delayed messages, reclaims abandoned entries, renews the leases of held
   entries and prunes idle consumers.
@@ -11,6 +12,7 @@ Threads of one worker:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -35,9 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long ahead the fetcher looks: it holds at most what the pool is expected to start this soon.
+# How long ahead a read looks: the worker holds at most what the pool is expected to start this
+# soon (and never more than _MAX_PREFETCH beyond one entry per executor).
 _SOON = 0.05
-_MAX_PREFETCH = 200
+_MAX_PREFETCH = 1000
 _SETTLE_BATCH = 500
 _STOP: Any = object()
 T = TypeVar("T")
@@ -95,7 +98,10 @@ class Worker:
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._keeper_stop = threading.Event()
-        self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._work: collections.deque[Delivery] = collections.deque()
+        self._reading = False
+        self._until_idle = False
+        self._streams = list(self._keys)
         self._settles: queue.SimpleQueue[list[Settle]] = queue.SimpleQueue()
         self._held: dict[tuple[str, str], Delivery] = {}
         self._changed = threading.Condition()
@@ -142,11 +148,13 @@ class Worker:
             extra={"worker": self.name},
         )
         timed_out = False
+        self._until_idle = until_idle
         try:
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
-            self._start_threads()
             self._recover_own()
-            timed_out = self._fetch_loop(until_idle, deadline)
+            self._start_threads()
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timed_out = not self._stop.wait(wait)
         except BrokerUnavailable:
             if not self._stop.is_set():
                 raise
@@ -198,23 +206,19 @@ class Worker:
 
     def _shutdown(self) -> None:
         if not self._threads:  # failed before any thread started, e.g. on a bad URL
+            self._hand_back(self._unstarted(), "not started")
             self._stop.clear()
             return
-        unstarted = []
-        while True:
-            try:
-                item = self._work.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                unstarted.append(item)
-        self._hand_back(unstarted, "not started")
+        self.stop()
+        self._hand_back(self._unstarted(), "not started")
         executors, settler, keeper = self._threads[:-2], self._threads[-2], self._threads[-1]
-        for _ in executors:
-            self._work.put(None)
         deadline = time.monotonic() + self.shutdown_timeout
         for thread in executors:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # A read under way when the worker stopped returns within its block, and may bring more.
+        with self._changed:
+            self._changed.wait_for(lambda: not self._reading, timeout=self.block + 1.0)
+        self._hand_back(self._unstarted(), "not started")
         with self._changed:
             stuck = [d for d in self._held.values() if d.started and not d.finished]
         self._hand_back(stuck, f"still running after {self.shutdown_timeout}s")
@@ -229,6 +233,12 @@ class Worker:
         self._threads = []
         self._stop.clear()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
+
+    def _unstarted(self) -> list[Delivery]:
+        with self._changed:
+            unstarted = list(self._work)
+            self._work.clear()
+        return unstarted
 
     def _hand_back(self, deliveries: list[Delivery], why: str) -> None:
         """Give entries back at once so other workers take them without waiting for a timeout."""
@@ -259,26 +269,27 @@ class Worker:
         """Call Redis, riding out outages until it answers or the worker is stopped."""
         return retrying.call(fn, self.outage, stop=self._stop)
 
-    def _fetch_loop(self, until_idle: bool, deadline: float | None) -> bool:
-        """Read and dispatch until stopped (or idle / past the deadline); True if timed out."""
-        streams = list(self._keys)
-        block_ms = 50 if until_idle else int(self.block * 1000)
-        while not self._stop.is_set():
-            if deadline is not None and time.monotonic() > deadline:
-                return True
-            room = self._wait_for_room(deadline)
-            if room <= 0:
-                continue
-            try:
-                batches = self._read(streams, room, block_ms)
-                streams = streams[1:] + streams[:1]
-                for stream, entries in batches:
-                    self._accept(self._keys[stream], entries)
-            except BrokerUnavailable:
-                break  # only raised once the worker is stopping
-            if until_idle and not batches and self._idle():
-                break
-        return False
+    def _read_some(self) -> None:
+        """One read for the pool: at most what it has room for, accepted into the work queue.
+        In drain mode an empty read ends the run once nothing is left anywhere."""
+        with self._changed:
+            room = self._room()
+        block_ms = 50 if self._until_idle else int(self.block * 1000)
+        streams = self._streams
+        self._streams = streams[1:] + streams[:1]
+        try:
+            batches = self._read(streams, room, block_ms)
+            for stream, entries in batches:
+                self._accept(self._keys[stream], entries)
+            if self._until_idle and not batches and self._idle():
+                self.stop()
+        except BrokerUnavailable:
+            pass  # only raised once the worker is stopping
+        finally:
+            with self._changed:
+                self._reading = False
+                # Another executor may read now; once stopping, a shutdown waits for this read.
+                self._changed.notify_all() if self._stop.is_set() else self._changed.notify()
 
     def _read(self, streams: list[str], room: int, block_ms: int) -> list[tuple[str, list[Entry]]]:
         """At most `room` new entries from `streams` (COUNT applies to each stream).
@@ -293,18 +304,23 @@ class Worker:
         found = self._io(partial(read, streams[:room], self.name, 1, None))
         return found or self._io(partial(read, streams, self.name, 1, block_ms))  # type: ignore[no-any-return]
 
-    def _capacity(self) -> int:
-        prefetch = int(self.concurrency * _SOON / max(self._avg_run, 1e-6))
-        return self.concurrency + min(_MAX_PREFETCH, prefetch)
+    def _prefetch(self) -> int:
+        return min(_MAX_PREFETCH, int(self.concurrency * _SOON / max(self._avg_run, 1e-6)))
 
-    def _wait_for_room(self, deadline: float | None) -> int:
-        with self._changed:
-            while not self._stop.is_set() and len(self._held) >= self._capacity():
-                left = 0.5 if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    return 0
-                self._changed.wait(min(0.5, left))
-            return self._capacity() - len(self._held)
+    def _room(self) -> int:
+        """How many more entries to hold: the pool's size plus what it starts soon, less what is
+        waiting or running. Finished runs waiting for the settler are not counted there (they
+        hold up nobody), but bounded apart. Called with `_changed` held."""
+        unfinished = sum(1 for d in self._held.values() if not d.finished)
+        return min(
+            self.concurrency + self._prefetch() - unfinished,
+            self.concurrency + _MAX_PREFETCH + _SETTLE_BATCH - len(self._held),
+        )
+
+    def _may_read(self) -> bool:
+        """Whether a read is due: nobody else reads, and there is room for a batch worth a round
+        trip (half the prefetch, at least one). Called with `_changed` held."""
+        return not self._reading and self._room() >= max(1, self._prefetch() // 2)
 
     def _idle(self) -> bool:
         with self._changed:
@@ -367,6 +383,7 @@ class Worker:
         with self._changed:
             for d in deliveries:
                 self._held[(keys.stream, d.entry_id)] = d
+        runnable = []
         keyed = [d for d in deliveries if d.message and d.message.idempotency_key is not None]
         done: set[int] = set()
         if keyed:
@@ -397,15 +414,38 @@ class Worker:
                 )
                 self._settles.put([skipped(d)])
             else:
-                self._work.put(d)
+                runnable.append(d)
+        if runnable:
+            with self._changed:
+                self._work.extend(runnable)
+                self._changed.notify(len(runnable))
 
     # -- executing -------------------------------------------------------------------------
 
+    def _next(self) -> Delivery | None:
+        """The next entry to run, reading more when there is none; None once the worker stops."""
+        with self._changed:
+            while True:
+                if self._stop.is_set():
+                    return None
+                if self._work:
+                    return self._work.popleft()
+                if self._may_read():
+                    self._reading = True
+                    break
+                self._changed.wait()
+        self._read_some()
+        return None if self._stop.is_set() else self._next_now()
+
+    def _next_now(self) -> Delivery | None:
+        with self._changed:
+            return self._work.popleft() if self._work else None
+
     def _execute_loop(self) -> None:
-        while True:
-            d = self._work.get()
+        while not self._stop.is_set():
+            d = self._next()
             if d is None:
-                return
+                continue
             settle = self._execute(d)
             d.finished = True
             # Handed over at once, never held back for a batch: a finished run that is not
@@ -546,7 +586,7 @@ class Worker:
         with self._changed:
             for d in deliveries:
                 self._held.pop((d.keys.stream, d.entry_id), None)
-            self._changed.notify_all()
+            self._changed.notify()  # room for a read, perhaps
 
     # -- keeping: delayed messages, abandoned entries, leases, idle consumers -----------------
 
@@ -606,7 +646,7 @@ class Worker:
             return
         for keys in self._keys.values():
             with self._changed:
-                room = self._capacity() - len(self._held)
+                room = self._room()
             if room <= 0:
                 return
             cursor = self._cursors.get(keys.stream, "-")
