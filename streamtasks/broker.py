@@ -236,8 +236,10 @@ class Broker:
         """Apply finished runs, each atomically, in one round trip. One code per record: SETTLED,
         REFUSED (another consumer owns the entry now), or GONE (a success whose entry no longer
         exists anywhere: its result was recorded, there was nothing left to ack)."""
-        plain = [i for i, r in enumerate(records) if r.is_plain_ack]
-        full = [i for i, r in enumerate(records) if not r.is_plain_ack]
+        plain: list[int] = []
+        full: list[int] = []
+        for i, r in enumerate(records):
+            (plain if r.is_plain_ack else full).append(i)
         extra_keys: list[str] = []
         args: list[Any] = [GROUP, consumer, len(plain), *(records[i].entry_id for i in plain)]
         for i in full:

@@ -76,27 +76,28 @@ def encode(message: Message, max_bytes: int | None = None) -> Fields:
     return fields
 
 
-def _text(fields: Mapping[bytes, bytes], name: str) -> str:
-    raw = fields.get(name.encode())
+_SCHEMA = SCHEMA_VERSION.encode()
+
+
+def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
+    raw = fields.get(name)
     if raw is None:
-        raise DecodeError(f"missing field {name!r}")
+        raise DecodeError(f"missing field {name.decode()!r}")
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise DecodeError(f"field {name!r} is not UTF-8") from None
+        raise DecodeError(f"field {name.decode()!r} is not UTF-8") from None
 
 
 def decode(fields: Mapping[bytes, bytes]) -> Message:
     """Parse stream fields into a Message, or raise DecodeError saying what is wrong."""
     version = fields.get(b"schema_version")
-    if version is None:
-        raise DecodeError("not a streamtasks message: no schema_version field")
-    if version != SCHEMA_VERSION.encode():
+    if version != _SCHEMA:
+        if version is None:
+            raise DecodeError("not a streamtasks message: no schema_version field")
         raise DecodeError(
             f"unknown schema_version {version!r}; this worker reads {SCHEMA_VERSION!r}"
         )
-    task_id = _text(fields, "id")
-    name = _text(fields, "task")
     raw_call = fields.get(b"call")
     if raw_call is None:
         raise DecodeError("missing field 'call'")
@@ -107,16 +108,17 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
     if not isinstance(call, dict):
         raise DecodeError("field 'call' must be a msgpack map")
     args, kwargs, headers = call.get("args", []), call.get("kwargs", {}), call.get("headers", {})
-    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(headers, dict):
+    if type(args) is not list or type(kwargs) is not dict or type(headers) is not dict:
         raise DecodeError("field 'call' needs args as an array and kwargs, headers as maps")
+    raw_attempt = fields.get(b"attempt")
     try:
-        attempt = int(fields.get(b"attempt", b"0"))
+        attempt = 0 if raw_attempt is None else int(raw_attempt)
     except ValueError:
         raise DecodeError("field 'attempt' is not an integer") from None
     key = fields.get(b"idempotency_key")
     return Message(
-        task_id,
-        name,
+        _text(fields, b"id"),
+        _text(fields, b"task"),
         tuple(args),
         kwargs,
         headers,

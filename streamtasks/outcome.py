@@ -26,6 +26,7 @@ class Delivery:
     message: Message | None
     task: Task[Any, Any] | None
     problem: ErrorInfo | None
+    options: TaskOptions | None = None
     started: bool = False
     finished: bool = False  # the run ended; its outcome waits for the settler
     settling: bool = False  # the settler has taken the outcome
@@ -48,7 +49,7 @@ class Delivery:
                 "UnknownTask", f"no task named {message.task!r} is registered in this worker", ""
             )
             return cls(keys, entry_id, fields, message, None, problem)
-        return cls(keys, entry_id, fields, message, task, None)
+        return cls(keys, entry_id, fields, message, task, None, task.options)
 
     @property
     def task_id(self) -> str:
@@ -61,10 +62,6 @@ class Delivery:
     @property
     def attempt(self) -> int:
         return self.message.attempt if self.message else 0
-
-    @property
-    def options(self) -> TaskOptions | None:
-        return self.task.options if self.task else None
 
 
 class Settle(NamedTuple):
@@ -117,6 +114,16 @@ def record_for(
     idempotency_ttl: float,
 ) -> Settle:
     """The settle record that applies `outcome` to the entry behind `d`."""
+    options = d.options
+    if (
+        options is not None
+        and options.ignore_result
+        and options.acks_late
+        and isinstance(outcome, Succeeded)
+        and d.message is not None
+        and d.message.idempotency_key is None
+    ):
+        return Settle(d, SettleRecord(d.entry_id, "a"), "SUCCESS")  # a plain ack, nothing to write
     rkey = _result_key(d)
     ttl_ms = int(result_ttl * 1000)
     if isinstance(outcome, Succeeded):
