@@ -1,4 +1,4 @@
-"""The worker: fetch entries, run them on a thread pool, decide each outcome, settle in batches.
+"""The worker: read entries, run them on a thread pool, decide each outcome, settle in batches.
 
 Threads of one worker:
 - `concurrency` executors run tasks and turn each run into a settle record (`outcome.py`). An
@@ -110,6 +110,7 @@ class Worker:
         self._crashed: BaseException | None = None
         self._log_each = False
         self._cursors: dict[str, str] = {}
+        self._ended = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
@@ -196,8 +197,10 @@ class Worker:
 
     def _start_threads(self) -> None:
         self._keeper_stop.clear()
+        self._ended = threading.Event()
         self._threads = [
-            self._thread(self._execute_loop, f"exec-{i}") for i in range(self.concurrency)
+            self._thread(partial(self._execute_loop, self._ended), f"exec-{i}")
+            for i in range(self.concurrency)
         ]
         self._threads.append(self._thread(self._settle_loop, "settle"))
         self._threads.append(self._thread(self._keeper_loop, "keeper"))
@@ -231,6 +234,9 @@ class Worker:
         self._keeper_stop.set()
         keeper.join()
         self._threads = []
+        # A task thread still running past shutdown_timeout must not carry on into a next run
+        # once _stop is cleared: its run has ended, whatever _stop says.
+        self._ended.set()
         self._stop.clear()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
@@ -263,17 +269,15 @@ class Worker:
                 log.warning("could not hand back entries; they return after the visibility timeout")
         self._release(deliveries)
 
-    # -- fetching --------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
     def _io(self, fn: Callable[[], Any]) -> Any:
         """Call Redis, riding out outages until it answers or the worker is stopped."""
         return retrying.call(fn, self.outage, stop=self._stop)
 
-    def _read_some(self) -> None:
-        """One read for the pool: at most what it has room for, accepted into the work queue.
-        In drain mode an empty read ends the run once nothing is left anywhere."""
-        with self._changed:
-            room = self._room()
+    def _read_some(self, room: int) -> None:
+        """One read of at most `room` entries, accepted into the work queue. In drain mode an
+        empty read ends the run once nothing is left anywhere."""
         block_ms = 50 if self._until_idle else int(self.block * 1000)
         streams = self._streams
         self._streams = streams[1:] + streams[:1]
@@ -317,10 +321,14 @@ class Worker:
             self.concurrency + _MAX_PREFETCH + _SETTLE_BATCH - len(self._held),
         )
 
-    def _may_read(self) -> bool:
-        """Whether a read is due: nobody else reads, and there is room for a batch worth a round
-        trip (half the prefetch, at least one). Called with `_changed` held."""
-        return not self._reading and self._room() >= max(1, self._prefetch() // 2)
+    def _read_room(self) -> int:
+        """How many entries to read now, or 0 if no read is due: one is due when nobody else
+        reads and there is room for a batch worth a round trip (half the prefetch, at least one).
+        Called with `_changed` held; the caller reads that many and no more."""
+        if self._reading:
+            return 0
+        room = self._room()
+        return room if room >= max(1, self._prefetch() // 2) else 0
 
     def _idle(self) -> bool:
         with self._changed:
@@ -422,28 +430,30 @@ class Worker:
 
     # -- executing -------------------------------------------------------------------------
 
-    def _next(self) -> Delivery | None:
-        """The next entry to run, reading more when there is none; None once the worker stops."""
+    def _next(self, ended: threading.Event) -> Delivery | None:
+        """The next entry to run, reading more when there is none; None once the worker stops
+        (or the run this thread belongs to has ended: see `_shutdown`)."""
         with self._changed:
             while True:
-                if self._stop.is_set():
+                if self._stop.is_set() or ended.is_set():
                     return None
                 if self._work:
                     return self._work.popleft()
-                if self._may_read():
+                room = self._read_room()
+                if room:
                     self._reading = True
                     break
                 self._changed.wait()
-        self._read_some()
+        self._read_some(room)
         return None if self._stop.is_set() else self._next_now()
 
     def _next_now(self) -> Delivery | None:
         with self._changed:
             return self._work.popleft() if self._work else None
 
-    def _execute_loop(self) -> None:
-        while not self._stop.is_set():
-            d = self._next()
+    def _execute_loop(self, ended: threading.Event) -> None:
+        while not (self._stop.is_set() or ended.is_set()):
+            d = self._next(ended)
             if d is None:
                 continue
             settle = self._execute(d)

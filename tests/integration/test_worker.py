@@ -169,6 +169,32 @@ def test_workers_sharing_a_queue_run_each_task_once(
     assert [(i["name"], i["pending"]) for i in infos] == [(GROUP.encode(), 0)]
 
 
+def test_a_task_that_outlives_its_worker_run_takes_no_new_work_afterwards(redis_app: App) -> None:
+    """An embedded worker stopped while a task outlives shutdown_timeout returns and hands the
+    entry back; when that task finally ends, its thread must stop there, not read and run new
+    entries for a worker that is no longer running (nothing would settle or renew them)."""
+    release, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    @redis_app.task(name="stuck")
+    def stuck() -> None:
+        started.set()
+        release.wait(10)
+
+    later = redis_app.task(name="later")(ran.append)
+    stuck.delay()
+    worker = redis_app.Worker(name="gone", shutdown_timeout=0.2)
+    with running(worker):
+        assert started.wait(10)
+    later.delay("after the run")
+    (leftover,) = [t for t in threading.enumerate() if t.name.startswith("gone-exec-")]
+    release.set()
+    leftover.join(5)
+    assert not leftover.is_alive(), "the task's thread went on serving after its run ended"
+    assert ran == []
+    assert stream_len(redis_app, "default") == 2, "both entries are left for another worker"
+
+
 def test_a_busy_worker_holds_no_more_than_it_can_start_across_several_queues(
     redis_app: App,
 ) -> None:
