@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -159,6 +160,11 @@ def worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else on_signal)
+    # What start-up loaded (the app, its imports) lives as long as this process: moved out of the
+    # collector's reach, full collections stop walking it, which shortened the pickup-latency tail
+    # (p99 over 3 runs: 1.49-3.36 ms without, 1.61-1.82 ms with; benchmarks/, latency section).
+    gc.collect()
+    gc.freeze()
     w.run()
 
 
