@@ -110,12 +110,15 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
     args, kwargs, headers = call.get("args", []), call.get("kwargs", {}), call.get("headers", {})
     if type(args) is not list or type(kwargs) is not dict or type(headers) is not dict:
         raise DecodeError("field 'call' needs args as an array and kwargs, headers as maps")
+    if kwargs and not all(type(name) is str for name in kwargs):
+        raise DecodeError("field 'call' has a kwargs name that is not a string")
     raw_attempt = fields.get(b"attempt")
     try:
         attempt = 0 if raw_attempt is None else int(raw_attempt)
     except ValueError:
         raise DecodeError("field 'attempt' is not an integer") from None
-    key = fields.get(b"idempotency_key")
+    # Refused rather than mangled: two different keys must never decode to the same one.
+    key = None if b"idempotency_key" not in fields else _text(fields, b"idempotency_key")
     return Message(
         _text(fields, b"id"),
         _text(fields, b"task"),
@@ -123,7 +126,7 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
         kwargs,
         headers,
         attempt,
-        None if key is None else key.decode(errors="replace"),
+        key,
     )
 
 

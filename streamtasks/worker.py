@@ -218,6 +218,9 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_timeout
         for thread in executors:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # The keeper's last reclaim may bring entries too; they are handed back with the rest.
+        self._keeper_stop.set()
+        keeper.join()
         # A read under way when the worker stopped returns within its block, and may bring more.
         with self._changed:
             self._changed.wait_for(lambda: not self._reading, timeout=self.block + 1.0)
@@ -231,9 +234,11 @@ class Worker:
         # in Redis and is redelivered, which is safe; hanging on to it is not.
         self._abort.set()
         settler.join()
-        self._keeper_stop.set()
-        keeper.join()
         self._threads = []
+        # Whatever is still held was settled, handed back, or left pending in Redis for
+        # redelivery: a next run on this Worker starts from nothing.
+        with self._changed:
+            self._held.clear()
         # A task thread still running past shutdown_timeout must not carry on into a next run
         # once _stop is cleared: its run has ended, whatever _stop says.
         self._ended.set()

@@ -90,6 +90,7 @@ def test_a_call_that_is_not_msgpack_is_refused() -> None:
         (msgpack.packb({"args": {"a": 1}}), "args as an array"),
         (msgpack.packb({"args": [], "kwargs": [1]}), "kwargs, headers as maps"),
         (msgpack.packb({"args": [], "headers": "h"}), "kwargs, headers as maps"),
+        (msgpack.packb({"args": [], "kwargs": {1: "x"}}), "kwargs name that is not a string"),
     ],
 )
 def test_a_call_of_the_wrong_shape_is_refused(call: bytes, reason: str) -> None:
@@ -108,6 +109,11 @@ def test_a_missing_required_field_is_named(missing: str) -> None:
 def test_a_task_name_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(DecodeError, match="not UTF-8"):
         decode(valid_fields(task=b"\xff\xfe"))
+
+
+def test_an_idempotency_key_that_is_not_utf8_is_refused_not_mangled_into_another() -> None:
+    with pytest.raises(DecodeError, match="'idempotency_key' is not UTF-8"):
+        decode(valid_fields(idempotency_key=b"order-\xff"))
 
 
 def test_an_attempt_that_is_not_an_integer_is_refused() -> None:
