@@ -12,6 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,7 +67,12 @@ class Run:
 
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = defaultdict(list)
+        self.runs: dict[str, list[int]] = defaultdict(list)  # the run each sample came from
         self.failures: dict[str, str] = {}
+
+    def add(self, index: int, key: str, value: float) -> None:
+        self.samples[key].append(value)
+        self.runs[key].append(index)
 
     def attempt(self, key: str, fn: Callable[[], None]) -> None:
         began = time.monotonic()
@@ -83,6 +89,13 @@ class Run:
     def median(self, key: str) -> float | None:
         return report.median(self.samples.get(key, []))
 
+    def ratio(self, key: str, base_key: str) -> float | None:
+        """The median over runs of key ÷ base_key, each taken within one run: a ratio of two
+        medians could divide figures from different runs, which swing on this machine."""
+        mine = dict(zip(self.runs.get(key, []), self.samples.get(key, []), strict=True))
+        base = dict(zip(self.runs.get(base_key, []), self.samples.get(base_key, []), strict=True))
+        return report.median([mine[i] / base[i] for i in mine if base.get(i)])
+
 
 def rotated(cases: list[T], index: int, runs: int) -> list[T]:
     """The cases in the order of run `index`: rotated each run, so none always goes first (or
@@ -95,13 +108,13 @@ def one_run(
     index: int, args: argparse.Namespace, server: BenchRedis, peers: list[Any], run: Run
 ) -> None:
     client = server.client()
-    add = run.samples
+    add = partial(run.add, index)
 
     if "enqueue" not in args.skip:
 
         def enqueue() -> None:
             for key, value in ours.enqueue_rates(client, args.enqueue_n).items():
-                add[f"enqueue.{key}"].append(value)
+                add(f"enqueue.{key}", value)
 
         run.attempt("enqueue", enqueue)
 
@@ -118,12 +131,12 @@ def one_run(
 
             def one(key: str = key, who: drain.Contestant = who, body: str = body) -> None:
                 done = drain.drain(client, server.url, who, body, args.n, args.timeout)
-                add[key].append(done.per_second)
-                add[f"rss.{key}"].append(done.worker_rss / MIB)
+                add(key, done.per_second)
+                add(f"rss.{key}", done.worker_rss / MIB)
                 if key == "drain.noop.ignore":
-                    add["memory.redis_before"].append(done.memory_before / MIB)
-                    add["memory.redis_queued"].append(done.memory_queued / MIB)
-                    add["memory.redis_after"].append(done.memory_after / MIB)
+                    add("memory.redis_before", done.memory_before / MIB)
+                    add("memory.redis_queued", done.memory_queued / MIB)
+                    add("memory.redis_after", done.memory_after / MIB)
 
             run.attempt(key, one)
 
@@ -133,7 +146,7 @@ def one_run(
             def scale(processes: int = processes) -> None:
                 who = ours.streamtasks("ignore", args.concurrency, processes)
                 done = drain.drain(client, server.url, who, "noop", args.n, args.timeout)
-                add[f"scaling.p{processes}"].append(done.per_second)
+                add(f"scaling.p{processes}", done.per_second)
 
             run.attempt(f"scaling.p{processes}", scale)
 
@@ -143,12 +156,12 @@ def one_run(
             found = ours.latency_streamtasks(client, server.url, args.latency_n, args.concurrency)
             for kind in ("pickup", "result"):
                 for cut in ("p50", "p99"):
-                    add[f"latency.{kind}.{cut}"].append(found[kind][cut])
+                    add(f"latency.{kind}.{cut}", found[kind][cut])
 
         def pickup(key: str, who: drain.Contestant) -> Callable[[], None]:
             def one() -> None:
                 for cut, value in latency.pickup(client, server.url, who, args.latency_n).items():
-                    add[f"{key}.{cut}"].append(value)
+                    add(f"{key}.{cut}", value)
 
             return one
 
@@ -159,9 +172,7 @@ def one_run(
             run.attempt(key, measure)
 
     if "recovery" not in args.skip:
-        run.attempt(
-            "recovery", lambda: add["recovery.seconds"].append(ours.recovery(client, server.url))
-        )
+        run.attempt("recovery", lambda: add("recovery.seconds", ours.recovery(client, server.url)))
     client.close()
 
 
@@ -198,12 +209,10 @@ def rows(
             entry["settings"] = run.failures[attempt]
         # vs_raw is this / raw and ours/this is ours / this, whatever the unit: for tasks/s
         # higher is better, for ms and s lower is.
-        base = m(raw_key) if raw_key else None
-        if value and base:
-            entry["vs_raw"] = value / base
-        base = m(ours_key) if ours_key else None
-        if value and base:
-            entry["vs_ours"] = base / value
+        if value and raw_key:
+            entry["vs_raw"] = run.ratio(key, raw_key)
+        if value and ours_key:
+            entry["vs_ours"] = run.ratio(ours_key, key)
         out.append(entry)
 
     def skipped_rows(section: str, unit: str, prefix: str) -> None:
