@@ -30,48 +30,56 @@ def _chunks(n: int, size: int) -> list[int]:
 # -- enqueue ---------------------------------------------------------------------------------
 
 
-def _rate(n: int, fn: Callable[[], None]) -> float:
-    began = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - began)
+#: Blocks each enqueue case is cut into; the cases take turns block by block.
+ENQUEUE_BLOCKS = 10
 
 
 def enqueue_rates(client: redis.Redis, n: int) -> dict[str, float]:
     """Messages per second: .delay() one at a time, task.map 100 per call, and raw XADD alone
-    and pipelined 100 at a time (each raw message built like ours: uuid4 id + msgpack call)."""
-    noop = st().noop
-    out: dict[str, float] = {}
+    and pipelined 100 at a time (each raw message built like ours: uuid4 id + msgpack call).
 
-    def delay() -> None:
-        for _ in range(n):
+    The cases take turns in ENQUEUE_BLOCKS blocks, the order reversed every other block: a
+    one-round-trip-per-message rate moves by 2x within seconds on 2 cores, and cases run one
+    after another would each meet a different machine."""
+    noop = st().noop
+
+    def delay(count: int) -> None:
+        for _ in range(count):
             noop.delay()
 
-    def bulk() -> None:
-        for size in _chunks(n, 100):
+    def bulk(count: int) -> None:
+        for size in _chunks(count, 100):
             noop.map(range(size))
 
-    def raw_one() -> None:
-        for _ in range(n):
+    def raw_one(count: int) -> None:
+        for _ in range(count):
             client.xadd(RAW_STREAM, rawloop.fields("noop", []))  # type: ignore[arg-type]
 
-    def raw_pipelined() -> None:
-        for size in _chunks(n, 100):
+    def raw_pipelined(count: int) -> None:
+        for size in _chunks(count, 100):
             pipe = client.pipeline(transaction=False)
             for _ in range(size):
                 pipe.xadd(RAW_STREAM, rawloop.fields("noop", []))  # type: ignore[arg-type]
             pipe.execute()
 
-    st().noop.delay()  # opens the app's connection pool outside the timed part
-    for key, fn in [
+    cases: list[tuple[str, Callable[[int], None]]] = [
         ("delay", delay),
-        ("map", bulk),
         ("raw_xadd", raw_one),
+        ("map", bulk),
         ("raw_pipeline", raw_pipelined),
-    ]:
+    ]
+    spent = dict.fromkeys([key for key, _ in cases], 0.0)
+    sent = dict.fromkeys(spent, 0)
+    noop.delay()  # opens the app's connection pool outside the timed part
+    for block, size in enumerate(_chunks(n, -(-n // ENQUEUE_BLOCKS))):
         client.flushdb()
-        out[key] = _rate(n, fn)
+        for key, fn in cases if block % 2 == 0 else cases[::-1]:
+            began = time.perf_counter()
+            fn(size)
+            spent[key] += time.perf_counter() - began
+            sent[key] += size
     client.flushdb()
-    return out
+    return {key: sent[key] / spent[key] for key in spent}
 
 
 # -- drain contestants -----------------------------------------------------------------------
