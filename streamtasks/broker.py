@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -99,6 +100,15 @@ def _group_missing(exc: redis.ResponseError) -> bool:
     return "NOGROUP" in message or message.startswith("UNBLOCKED")
 
 
+def _due_of(fields: dict[bytes, bytes]) -> float:
+    # An announcement someone else wrote badly still means "look now", never a crash.
+    try:
+        due = float(fields[b"due"])
+    except (KeyError, ValueError):
+        return 0.0
+    return due if math.isfinite(due) else 0.0
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -176,7 +186,7 @@ class Broker:
         # Without a key the script ignores its third key; the stream stands in (same slot).
         ikey = keys.stream if key is None else keys.idempotency(key)
         return self._scripts["enqueue"](
-            keys=[keys.stream, keys.delayed, ikey],
+            keys=[keys.stream, keys.delayed, ikey, keys.wake],
             args=[task_id, due_ms, 0 if key is None else ttl_ms, *flatten(fields)],
             client=client,
         )
@@ -247,12 +257,12 @@ class Broker:
             rkey = ikey = 0
             if r.result_key is not None:
                 extra_keys.append(r.result_key)
-                rkey = 3 + len(extra_keys)
+                rkey = 4 + len(extra_keys)
             if r.idempotency_key is not None:
                 extra_keys.append(r.idempotency_key)
-                ikey = 3 + len(extra_keys)
+                ikey = 4 + len(extra_keys)
             args += [r.entry_id, r.action, rkey, r.result_ttl_ms, r.status, r.data, ikey, r.extra]
-        settle_keys = [keys.stream, keys.dead, keys.delayed, *extra_keys]
+        settle_keys = [keys.stream, keys.dead, keys.delayed, keys.wake, *extra_keys]
         try:
             applied = self._scripts["settle"](keys=settle_keys, args=args)
         except redis.ResponseError as exc:
@@ -274,6 +284,16 @@ class Broker:
             keys=[keys.delayed, keys.stream], args=[now_ms, limit]
         )
         return int(moved), None if int(next_due) < 0 else int(next_due)
+
+    @_translating
+    def wakes(self, after: Mapping[str, str], block_ms: int) -> dict[str, tuple[str, float]]:
+        """Wait up to `block_ms` for announcements on wake streams (key: the id read last). For
+        each stream that had any: (its last id, the soonest due time announced, in ms)."""
+        reply = self._r.xread(dict(after), block=max(1, block_ms))
+        return {
+            _s(stream): (_s(entries[-1][0]), min(_due_of(fields) for _, fields in entries))
+            for stream, entries in reply or []
+        }
 
     @_translating
     def reclaim(

@@ -51,6 +51,11 @@ class QueueKeys:
         return f"{self._base}:delayed"
 
     @cached_property
+    def wake(self) -> str:
+        """A one-entry stream announcing a delayed message due sooner than any before it."""
+        return f"{self._base}:wake"
+
+    @cached_property
     def result_prefix(self) -> str:
         """What a task id is appended to for its result key (the Lua scripts build them so)."""
         return f"{self._base}:result:"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import os
 import queue
 import socket
@@ -31,6 +32,7 @@ from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTask
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for, skipped
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, decide
+from streamtasks.schedule import PromoteSchedule
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 _SOON = 0.05
 _MAX_PREFETCH = 1000
 _SETTLE_BATCH = 500
+# A blocking read in drain() mode is short: it must notice soon that nothing is left.
+_DRAIN_BLOCK = 0.05
+# The shortest time between two promotions of one queue: a dense run of due times costs a
+# promote per gap, not one per message.
+_PROMOTE_GAP = 0.02
 _STOP: Any = object()
 T = TypeVar("T")
 _worker_numbers = itertools.count()
@@ -58,7 +65,9 @@ class Worker:
     `run()` blocks until `stop()`; `drain()` returns once every queue it serves is empty and nothing
     is in flight. Durations are in seconds. A task still running `shutdown_timeout` after `stop()`
     is handed back to other workers; its thread cannot be stopped and runs on, so give an embedded
-    worker a generous timeout.
+    worker a generous timeout. Delayed messages and retries are promoted when they come due, as
+    their producers announce them; `promote_interval` bounds how late one added without that
+    announcement (by hand, or by a producer in another language) can be.
     """
 
     def __init__(
@@ -71,7 +80,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         block: float = 1.0,
         reclaim_interval: float = 0.5,
-        promote_interval: float = 0.05,
+        promote_interval: float = 1.0,
         prune_idle: float = 3600.0,
     ):
         if concurrency < 1:
@@ -110,6 +119,9 @@ class Worker:
         self._crashed: BaseException | None = None
         self._log_each = False
         self._cursors: dict[str, str] = {}
+        # The keeper's place in each queue's wake stream, and the stream each one belongs to.
+        self._wake_after = {k.wake: "0-0" for k in self._keys.values()}
+        self._wake_queues = {k.wake: stream for stream, k in self._keys.items()}
         self._ended = threading.Event()
 
     def __repr__(self) -> str:
@@ -283,7 +295,7 @@ class Worker:
     def _read_some(self, room: int) -> None:
         """One read of at most `room` entries, accepted into the work queue. In drain mode an
         empty read ends the run once nothing is left anywhere."""
-        block_ms = 50 if self._until_idle else int(self.block * 1000)
+        block_ms = int((_DRAIN_BLOCK if self._until_idle else self.block) * 1000)
         streams = self._streams
         self._streams = streams[1:] + streams[:1]
         try:
@@ -606,41 +618,73 @@ class Worker:
     # -- keeping: delayed messages, abandoned entries, leases, idle consumers -----------------
 
     def _keeper_loop(self) -> None:
-        now = time.monotonic()
-        due = {
-            "promote": now,
-            "reclaim": now + self.reclaim_interval,
-            "lease": now + self._lease_every,
-            "prune": now + 60.0,
-        }
+        schedule = PromoteSchedule(self._keys, fallback=self.promote_interval, gap=_PROMOTE_GAP)
         every = {
             "promote": self.promote_interval,
             "reclaim": self.reclaim_interval,
             "lease": self._lease_every,
             "prune": 60.0,
         }
-        jobs = {
-            "promote": self._promote,
+        jobs: dict[str, Callable[[], float | None]] = {
+            "promote": partial(self._promote, schedule),
             "reclaim": self._reclaim_abandoned,
             "lease": self._renew_leases,
             "prune": self._prune,
         }
+        now = time.monotonic()
+        due = {job: now + every[job] for job in jobs}
+        due["promote"] = now
         while not self._keeper_stop.is_set():
             now = time.monotonic()
             for job, at in due.items():
-                if now < at:
-                    continue
-                due[job] = now + every[job]
-                try:
-                    jobs[job]()
-                except ConfigurationError:
-                    raise  # e.g. credentials refused: waiting will not help; stop the worker
-                except BrokerUnavailable as exc:
-                    self.outage.failed(exc)
-                    due[job] = now + min(5.0, 4 * every[job])
-                except Exception:
-                    log.exception("worker %s: %s failed; will try again", self.name, job)
-            self._keeper_stop.wait(max(0.0, min(due.values()) - time.monotonic()))
+                if now >= at:
+                    due[job] = now + self._attempt(job, jobs[job], every[job])
+            # The wait between jobs is a blocking read of the wake streams, so a delayed message
+            # due sooner than the keeper knew of is promoted on time, not at the next poll.
+            if self._await_wakes(schedule, min(due.values()) - time.monotonic()):
+                now = time.monotonic()
+                due["promote"] = min(due["promote"], now + schedule.wait(now, self._now_ms()))
+
+    def _attempt(self, job: str, fn: Callable[[], float | None], every: float) -> float:
+        """Run one keeper job; the seconds until it runs again (its own say, else `every`, and
+        longer while Redis is unreachable)."""
+        try:
+            after = fn()
+        except ConfigurationError:
+            raise  # e.g. credentials refused: waiting will not help; stop the worker
+        except BrokerUnavailable as exc:
+            self.outage.failed(exc)
+            return min(5.0, 4 * every)
+        except Exception:
+            log.exception("worker %s: %s failed; will try again", self.name, job)
+            return every
+        return every if after is None else after
+
+    def _await_wakes(self, schedule: PromoteSchedule, seconds: float) -> bool:
+        """Wait up to `seconds` (at most one read's block) on the queues' wake streams; True if a
+        producer announced a delayed message due sooner than any before it."""
+        # Short reads once stopping: shutdown stops the keeper last and should not wait on it.
+        short = self._until_idle or self._stop.is_set()
+        seconds = min(seconds, _DRAIN_BLOCK if short else self.block)
+        if seconds <= 0:
+            return False
+        try:
+            found = self._keep(
+                partial(self.app.broker.wakes, self._wake_after, math.ceil(seconds * 1000))
+            )
+        except ConfigurationError:
+            raise
+        except StreamTasksError as exc:
+            if isinstance(exc, BrokerUnavailable):
+                self.outage.failed(exc)
+            else:
+                log.exception("worker %s: waiting for wake-ups failed", self.name)
+            self._keeper_stop.wait(seconds)
+            return False
+        for wake, (last_id, due_ms) in found.items():
+            self._wake_after[wake] = last_id
+            schedule.announced(self._wake_queues[wake], due_ms)
+        return bool(found)
 
     def _keep(self, call: Callable[[], T]) -> T:
         """A keeper's Redis call: the loop logs a failure; a success after one ends the outage."""
@@ -649,12 +693,19 @@ class Worker:
             self.outage.recovered()
         return result
 
-    def _promote(self) -> None:
-        now_ms = int(self.app.clock() * 1000)
-        for keys in self._keys.values():
-            moved, _ = self._keep(partial(self.app.broker.promote, keys, now_ms))
+    def _now_ms(self) -> int:
+        return int(self.app.clock() * 1000)
+
+    def _promote(self, schedule: PromoteSchedule) -> float:
+        """Promote the queues whose delayed messages are due; the seconds until more are."""
+        now, now_ms = time.monotonic(), self._now_ms()
+        for stream in schedule.due(now, now_ms):
+            keys = self._keys[stream]
+            moved, next_due = self._keep(partial(self.app.broker.promote, keys, now_ms))
+            schedule.promoted(stream, now, next_due)
             if moved:
                 log.debug("moved %d due messages into %s", moved, keys.queue)
+        return schedule.wait(time.monotonic(), self._now_ms())
 
     def _reclaim_abandoned(self) -> None:
         if self._stop.is_set():

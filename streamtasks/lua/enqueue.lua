@@ -1,5 +1,5 @@
 -- Enqueue one message now or later, at most once per idempotency key.
--- KEYS: stream, delayed zset, idempotency hash ('' slot unused when no key)
+-- KEYS: stream, delayed zset, idempotency hash (unused when no key), wake stream
 -- ARGV: task id, due ms (0 = now), idempotency ttl ms (0 = no key), field, value, ...
 -- Returns {task id, 1 if enqueued / 0 if the key already named a task}.
 local id, due, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -12,7 +12,7 @@ end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 if due > 0 then
-  redis.call('ZADD', KEYS[2], due, net(fields))
+  schedule(KEYS[2], KEYS[4], due, net(fields))
 else
   redis.call('XADD', KEYS[1], '*', unpack(fields))
 end

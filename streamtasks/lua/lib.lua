@@ -21,6 +21,16 @@ local function net(values)
   return table.concat(parts)
 end
 
+-- Add a message to the delayed set. When it comes due sooner than any other, say so on the wake
+-- stream: workers wait on it with a blocking XREAD, so they promote on time without polling.
+-- MAXLEN 1: a worker only needs the latest announcement, then asks promote for the next due time.
+local function schedule(delayed, wake, due, blob)
+  redis.call('ZADD', delayed, due, blob)
+  if redis.call('ZRANGE', delayed, 0, 0)[1] == blob then
+    redis.call('XADD', wake, 'MAXLEN', 1, '*', 'due', due)
+  end
+end
+
 -- The consumer that holds entry `id` in the group's pending list, or false if nobody does.
 -- Every step that finishes an entry checks this first: that is the fence that stops a worker
 -- whose entry was reclaimed by another from acking, retrying or dead-lettering it.

@@ -1,5 +1,6 @@
 -- Apply the outcomes of finished runs, each only if this consumer still owns its entry.
--- KEYS: stream, dlq, delayed zset, then the result and idempotency keys the records point at
+-- KEYS: stream, dlq, delayed zset, wake stream, then the result and idempotency keys the records
+--   point at
 -- ARGV: group, consumer, n, then n entry ids to ack plainly (no result, no key: the fast path),
 --   then records of 8:
 --   entry id | action | result key index | result ttl ms | status | data | idem key index | extra
@@ -66,7 +67,7 @@ for i = 4 + plain, #ARGV, 8 do
     else
       if act == 'r' then
         local colon = string.find(extra, ':', 1, true)
-        redis.call('ZADD', KEYS[3], string.sub(extra, 1, colon - 1), string.sub(extra, colon + 1))
+        schedule(KEYS[3], KEYS[4], string.sub(extra, 1, colon - 1), string.sub(extra, colon + 1))
       elseif act == 'd' then
         redis.call('XADD', KEYS[2], '*', unpack(unnet(extra)))
       end

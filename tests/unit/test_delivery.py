@@ -237,7 +237,7 @@ def test_a_delayed_task_waits_for_the_clock_not_for_a_sleep(
     task = clock_app.task(name="later")(lambda: ran.set())
     result = task.apply_async(countdown=60)
     assert (stream_len(clock_app), delayed_len(clock_app)) == (0, 1)
-    with running(clock_app.Worker(promote_interval=0.01)):
+    with running(clock_app.Worker()):
         assert not ran.wait(0.2), "ran before its due time"
         assert result.status == "PENDING"
         clock.advance(59.9)
