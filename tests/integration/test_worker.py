@@ -228,3 +228,27 @@ def test_an_empty_queue_does_not_hold_up_a_busy_one_when_room_is_short(redis_app
     with running(worker):
         assert [r.get(timeout=15) for r in results] == list(range(10))
     assert time.monotonic() - began < 5, "ten 50 ms tasks took a block each"
+
+
+def test_a_busy_worker_settles_several_finished_runs_per_round_trip(
+    own_redis: RedisServer, app_name: str
+) -> None:
+    """A settle round trip costs about what a short task does: while more runs wait their turn,
+    the settler lingers a moment so that one round trip settles several of them."""
+    app = App(app_name, url=own_redis.url)
+    app.task(name="lookup")(lambda n: time.sleep(0.0005) or n)  # waits on I/O for 0.5 ms
+    admin = own_redis.client()
+
+    def scripts_run() -> int:
+        return int(admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    try:
+        results = app.tasks["lookup"].map(range(200))
+        before = scripts_run()
+        app.Worker().drain(timeout=30)
+        settles = scripts_run() - before
+        assert [r.get(timeout=0) for r in results] == list(range(200))
+    finally:
+        app.close()
+    # One per run without lingering; a handful of the scripts are the keeper's.
+    assert settles <= 120, f"{settles} scripts to settle 200 runs"
