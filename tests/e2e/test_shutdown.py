@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 
 import psutil
@@ -46,6 +47,30 @@ def test_a_second_sigterm_exits_at_once_and_leaves_the_entry_pending(scene: Scen
     scene.traces.open_gate()
     scene.worker("-n", "next")
     assert result.get(timeout=10) == "long"
+
+
+def _signal_thread(pid: int, tid: int, signum: int) -> None:
+    """Send a signal to one thread of a process (tgkill), as the kernel may deliver it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum}) failed")
+
+
+def test_signals_taken_by_any_thread_of_the_worker_are_acted_on(scene: Scene) -> None:
+    """The kernel may hand a process's signal to any of its threads, as it does with a second
+    signal that arrives while the first is being handled. Handlers run on the main thread only,
+    which must notice: the first SIGTERM stops the worker, the second exits at once."""
+    worker = scene.worker("-c", "2", "-n", "any-thread")
+    result = scene.task("hold").delay("x")
+    scene.traces.started(timeout=10)
+    others = [t.id for t in psutil.Process(worker.pid).threads() if t.id != worker.pid]
+
+    _signal_thread(worker.pid, others[0], signal.SIGTERM)
+    worker.wait_for("finishing in-flight tasks")
+    _signal_thread(worker.pid, others[-1], signal.SIGTERM)
+
+    assert worker.wait(timeout=3) == 128 + signal.SIGTERM
+    assert result.status == "PENDING"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "systemd"])
