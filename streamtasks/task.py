@@ -94,7 +94,7 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key,
         )
         fields = encode(message, self.app.max_message_bytes)
-        queue = self.app.check_queue(queue or self.queue)
+        queue = self.queue if queue is None else self.app.check_queue(queue)
         keys = self.app.keys(queue)
         due_ms = self._due_ms(countdown, eta)
         broker = self.app.broker
