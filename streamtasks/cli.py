@@ -183,7 +183,7 @@ def _run_awake_to_signals(w: Worker) -> None:
     """
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
-    signal.set_wakeup_fd(wake_write)
+    previous = signal.set_wakeup_fd(wake_write)
     failed: list[BaseException] = []
     done = threading.Event()
 
@@ -198,10 +198,15 @@ def _run_awake_to_signals(w: Worker) -> None:
 
     thread = threading.Thread(target=serve, name=f"{w.name}-run")
     thread.start()
-    while not done.is_set():
-        select.select([wake_read], [], [])
-        os.read(wake_read, 512)
+    try:
+        while not done.is_set():
+            select.select([wake_read], [], [])
+            os.read(wake_read, 512)
+    finally:
+        signal.set_wakeup_fd(previous)
     thread.join()
+    os.close(wake_read)
+    os.close(wake_write)
     if failed:
         raise failed[0]
 

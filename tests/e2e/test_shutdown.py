@@ -63,11 +63,13 @@ def test_signals_taken_by_any_thread_of_the_worker_are_acted_on(scene: Scene) ->
     worker = scene.worker("-c", "2", "-n", "any-thread")
     result = scene.task("hold").delay("x")
     scene.traces.started(timeout=10)
-    others = [t.id for t in psutil.Process(worker.pid).threads() if t.id != worker.pid]
 
-    _signal_thread(worker.pid, others[0], signal.SIGTERM)
+    def another_thread() -> int:
+        return next(t.id for t in psutil.Process(worker.pid).threads() if t.id != worker.pid)
+
+    _signal_thread(worker.pid, another_thread(), signal.SIGTERM)
     worker.wait_for("finishing in-flight tasks")
-    _signal_thread(worker.pid, others[-1], signal.SIGTERM)
+    _signal_thread(worker.pid, another_thread(), signal.SIGTERM)
 
     assert worker.wait(timeout=3) == 128 + signal.SIGTERM
     assert result.status == "PENDING"
