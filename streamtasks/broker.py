@@ -296,6 +296,17 @@ class Broker:
         }
 
     @_translating
+    def not_streams(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` that exist and hold something other than a stream."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        kinds = [_s(kind) for kind in pipe.execute()]
+        return [
+            key for key, kind in zip(keys, kinds, strict=True) if kind not in ("stream", "none")
+        ]
+
+    @_translating
     def reclaim(
         self,
         keys: QueueKeys,

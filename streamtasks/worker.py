@@ -88,6 +88,11 @@ class Worker:
     ):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if block < 0.001 or reclaim_interval <= 0 or promote_interval <= 0:
+            raise ConfigurationError(
+                "block must be at least 0.001 s (Redis reads BLOCK 0 as forever); "
+                "reclaim_interval and promote_interval must be > 0"
+            )
         self.app = app
         names = list(queues or app.queues or [app.default_queue])
         self.queues = [app.check_queue(q) for q in names]
@@ -122,8 +127,8 @@ class Worker:
         self._crashed: BaseException | None = None
         self._log_each = False
         self._cursors: dict[str, str] = {}
-        # The keeper's place in each queue's wake stream, and the stream each one belongs to.
-        self._wake_after = {k.wake: "0-0" for k in self._keys.values()}
+        # The keeper's place in each queue's wake stream (set per run), and each one's queue.
+        self._wake_after: dict[str, str] = {}
         self._wake_queues = {k.wake: stream for stream, k in self._keys.items()}
         self._ended = threading.Event()
 
@@ -235,7 +240,8 @@ class Worker:
             thread.join(max(0.0, deadline - time.monotonic()))
         # The keeper's last reclaim may bring entries too; they are handed back with the rest.
         self._keeper_stop.set()
-        keeper.join()
+        # Within its read's block, or more on a connection gone silent: not waited for past that.
+        keeper.join(self.block + 1.0)
         # A read under way when the worker stopped returns within its block, and may bring more.
         with self._changed:
             self._changed.wait_for(lambda: not self._reading, timeout=self.block + 1.0)
@@ -624,6 +630,7 @@ class Worker:
 
     def _keeper_loop(self) -> None:
         schedule = PromoteSchedule(self._keys, fallback=self.promote_interval, gap=_PROMOTE_GAP)
+        self._wake_after = dict.fromkeys(self._wake_queues, "0-0")
         every = {
             "promote": self.promote_interval,
             "reclaim": self.reclaim_interval,
@@ -638,31 +645,42 @@ class Worker:
         }
         now = time.monotonic()
         due = {job: now + every[job] for job in jobs}
-        due["promote"] = now
+        due["promote"] = now  # what came due while no worker ran, at once
+        backing_off: set[str] = set()  # jobs paused because Redis was unreachable
         while not self._keeper_stop.is_set():
             now = time.monotonic()
             for job, at in due.items():
                 if now >= at:
-                    due[job] = now + self._attempt(job, jobs[job], every[job])
+                    due[job] = now + self._attempt(job, jobs[job], every[job], backing_off)
             # The wait between jobs is a blocking read of the wake streams, so a delayed message
             # due sooner than the keeper knew of is promoted on time, not at the next poll.
-            if self._await_wakes(schedule, min(due.values()) - time.monotonic()):
-                now = time.monotonic()
+            announced = self._await_wakes(schedule, min(due.values()) - time.monotonic())
+            now = time.monotonic()
+            if backing_off and not self.outage.down:
+                # Redis answers again: what paused during the outage runs now, not after its pause.
+                for job in backing_off:
+                    due[job] = now
+                backing_off.clear()
+            if announced:
                 due["promote"] = min(due["promote"], now + schedule.wait(now, self._now_ms()))
 
-    def _attempt(self, job: str, fn: Callable[[], float | None], every: float) -> float:
-        """Run one keeper job; the seconds until it runs again (its own say, else `every`, and
-        longer while Redis is unreachable)."""
+    def _attempt(
+        self, job: str, fn: Callable[[], float | None], every: float, backing_off: set[str]
+    ) -> float:
+        """Run one keeper job; the seconds until it runs again: its own say, else `every`, and
+        longer while Redis is unreachable (the job is then added to `backing_off`)."""
         try:
             after = fn()
         except ConfigurationError:
             raise  # e.g. credentials refused: waiting will not help; stop the worker
         except BrokerUnavailable as exc:
             self.outage.failed(exc)
+            backing_off.add(job)
             return min(5.0, 4 * every)
         except Exception:
             log.exception("worker %s: %s failed; will try again", self.name, job)
-            return every
+            after = None
+        backing_off.discard(job)
         return every if after is None else after
 
     def _await_wakes(self, schedule: PromoteSchedule, seconds: float) -> bool:
@@ -673,23 +691,48 @@ class Worker:
         seconds = min(seconds, _DRAIN_BLOCK if short else self.block)
         if seconds <= 0:
             return False
+        if not self._wake_after:
+            self._keeper_stop.wait(seconds)
+            return False
         try:
             found = self._keep(
                 partial(self.app.broker.wakes, self._wake_after, math.ceil(seconds * 1000))
             )
         except ConfigurationError:
             raise
-        except StreamTasksError as exc:
-            if isinstance(exc, BrokerUnavailable):
-                self.outage.failed(exc)
-            else:
-                log.exception("worker %s: waiting for wake-ups failed", self.name)
+        except BrokerUnavailable as exc:
+            self.outage.failed(exc)
             self._keeper_stop.wait(seconds)
+            return False
+        except StreamTasksError:
+            if not self._drop_spoiled_wakes():
+                log.exception("worker %s: waiting for wake-ups failed", self.name)
+                self._keeper_stop.wait(seconds)
             return False
         for wake, (last_id, due_ms) in found.items():
             self._wake_after[wake] = last_id
             schedule.announced(self._wake_queues[wake], due_ms)
         return bool(found)
+
+    def _drop_spoiled_wakes(self) -> bool:
+        """Leave out wake keys that hold something other than a stream (someone else wrote
+        there), which fail every read of them all; True if there were any. Their queues' delayed
+        messages are still promoted, every promote_interval instead of when due."""
+        try:
+            spoiled = self.app.broker.not_streams(list(self._wake_after))
+        except StreamTasksError:
+            return False
+        for key in spoiled:
+            log.warning(
+                "%s holds something other than a stream; delayed messages of %s are promoted "
+                "every %.1fs instead of when due until it is deleted and the worker restarted",
+                key,
+                self._keys[self._wake_queues[key]].queue,
+                self.promote_interval,
+                extra={"worker": self.name, "key": key},
+            )
+            del self._wake_after[key]
+        return bool(spoiled)
 
     def _keep(self, call: Callable[[], T]) -> T:
         """A keeper's Redis call: the loop logs a failure; a success after one ends the outage."""

@@ -24,10 +24,12 @@ end
 -- Add a message to the delayed set. When it comes due sooner than any other, say so on the wake
 -- stream: workers wait on it with a blocking XREAD, so they promote on time without polling.
 -- MAXLEN 1: a worker only needs the latest announcement, then asks promote for the next due time.
+-- pcall: the announcement only hastens a promotion (workers still look every promote_interval),
+-- so a wake key spoiled by someone else must not fail the step half-applied.
 local function schedule(delayed, wake, due, blob)
   redis.call('ZADD', delayed, due, blob)
   if redis.call('ZRANGE', delayed, 0, 0)[1] == blob then
-    redis.call('XADD', wake, 'MAXLEN', 1, '*', 'due', due)
+    redis.pcall('XADD', wake, 'MAXLEN', 1, '*', 'due', due)
   end
 end
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -101,16 +102,57 @@ def test_a_retry_runs_when_it_is_due_not_at_the_next_poll(redis_app: App) -> Non
 def test_a_delayed_message_added_without_a_wake_up_is_promoted_by_the_fallback(
     redis_app: App,
 ) -> None:
-    """A producer in another language may ZADD a delayed message by hand (docs/protocol.md) and
-    announce nothing: the worker still finds it, within promote_interval."""
+    """A producer in another language may ZADD a delayed message by hand and announce nothing
+    (docs/protocol.md): the worker still runs it, within promote_interval of its due time."""
+    started: dict[str, float] = {}
     ran = threading.Event()
-    redis_app.task(name="later")(lambda: ran.set())
+
+    @redis_app.task(name="later")
+    def later(label: str) -> None:
+        started[label] = time.time()
+        ran.set()
+
     keys = redis_app.keys("default")
-    with running(redis_app.Worker(promote_interval=0.2)):
-        fields = encode(Message("by-hand", "later"))
-        redis_app.broker.client.zadd(keys.delayed, {netstring(flatten(fields)): time.time() * 1000})
+    client = redis_app.broker.client
+    with running(redis_app.Worker(promote_interval=0.3)):
+        later.delay("warm-up").get(timeout=5)  # the worker's start-up promote is behind us
+        ran.clear()
+        due = time.time() + 0.1
+        blob = netstring(flatten(encode(Message("by-hand", "later", ("by hand",)))))
+        client.zadd(keys.delayed, {blob: due * 1000})
         assert ran.wait(5), "a delayed message added by hand never ran"
-    assert redis_app.broker.client.zcard(keys.delayed) == 0
+    assert client.exists(keys.wake) == 0, "nothing announced it"
+    late = started["by hand"] - due
+    assert 0 <= late < 1.0, f"started {late:.3f}s after it was due (promote_interval 0.3 s)"
+
+
+def test_a_spoiled_wake_key_costs_only_promptness(
+    redis_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone else's SET on a queue's wake key: delayed tasks and retries are still enqueued,
+    settled and run (promoted every promote_interval instead of when due), and the worker says so
+    once."""
+    keys = redis_app.keys("default")
+    redis_app.broker.client.set(keys.wake, "not a stream")
+    attempts: list[int] = []
+
+    @redis_app.task(name="flaky", max_retries=1)
+    def flaky() -> str:
+        attempts.append(current_task().attempt)
+        if len(attempts) == 1:
+            raise Retry(countdown=0.05)
+        return "paid"
+
+    later = redis_app.task(name="later")(lambda: "shipped")
+    worker = redis_app.Worker(promote_interval=0.1)
+    with caplog.at_level(logging.WARNING, logger="streamtasks.worker"), running(worker):
+        shipped = later.apply_async(countdown=0.05)
+        paid = flaky.delay()
+        assert shipped.get(timeout=5) == "shipped"
+        assert paid.get(timeout=5) == "paid"
+    assert attempts == [0, 1]
+    warnings = [r for r in caplog.records if keys.wake in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
 def test_an_idle_worker_barely_calls_redis(own_redis: RedisServer, app_name: str) -> None:

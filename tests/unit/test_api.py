@@ -99,6 +99,16 @@ def test_app_settings_that_cannot_work_are_refused(options: dict[str, float]) ->
         App("shop", url="memory://x", **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"concurrency": 0}, {"block": 0}, {"reclaim_interval": 0}, {"promote_interval": -1}],
+)
+def test_worker_settings_that_cannot_work_are_refused(options: dict[str, float]) -> None:
+    """block=0 would be BLOCK 0 to Redis (wait for ever); a zero interval would spin the keeper."""
+    with pytest.raises(ConfigurationError):
+        App("shop", url="memory://x").Worker(**options)
+
+
 def test_an_unsupported_url_scheme_is_refused_when_first_used() -> None:
     app = App("shop", url="http://localhost:6379")
     with pytest.raises(ConfigurationError, match="unsupported URL"):

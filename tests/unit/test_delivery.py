@@ -237,7 +237,8 @@ def test_a_delayed_task_waits_for_the_clock_not_for_a_sleep(
     task = clock_app.task(name="later")(lambda: ran.set())
     result = task.apply_async(countdown=60)
     assert (stream_len(clock_app), delayed_len(clock_app)) == (0, 1)
-    with running(clock_app.Worker()):
+    # A worker notices the injected clock jump within promote_interval.
+    with running(clock_app.Worker(promote_interval=0.01)):
         assert not ran.wait(0.2), "ran before its due time"
         assert result.status == "PENDING"
         clock.advance(59.9)
@@ -344,7 +345,7 @@ def test_retry_with_countdown_schedules_exactly_that_far_ahead(
 
     result = poll.delay()
     delayed_key = clock_app.keys("default").delayed
-    with running(clock_app.Worker()):
+    with running(clock_app.Worker(promote_interval=0.01)):
         wait_until(lambda: delayed_len(clock_app) == 1, what="the retry to be scheduled")
         score = clock_app.broker.client.zrange(delayed_key, 0, -1, withscores=True)[0][1]
         assert score == (clock.now + 7.5) * 1000

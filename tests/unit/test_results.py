@@ -115,7 +115,7 @@ def test_status_is_retry_while_a_retry_waits_for_its_due_time(
         return "ok"
 
     result = flaky.delay()
-    with running(clock_app.Worker()):
+    with running(clock_app.Worker(promote_interval=0.01)):
         # The first status a producer can see is RETRY: wait for it on the result stream.
         first = clock_app.broker.result_entries(
             clock_app.keys("default").result(result.id), "0-0", 5000
