@@ -1,7 +1,8 @@
-"""Profile one streamtasks worker with py-spy during a no-op drain and print its hottest lines.
+"""Profile one streamtasks worker with py-spy during a drain and print its hottest lines.
 
 pip install py-spy
-python -m benchmarks.profile [--n 200000] [--concurrency 16] [--gil]
+python -m benchmarks.profile [--n 200000] [--concurrency 16] [--body noop|incr]
+    [--variant ignore|results|keyed] [--gil]
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--body", choices=["noop", "incr"], default="noop")
+    parser.add_argument("--variant", choices=list(ours.VARIANTS), default="ignore")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to sample")
     parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL")
     parser.add_argument("--top", type=int, default=25)
@@ -54,8 +57,9 @@ def main() -> int:
         with BenchRedis() as server:
             os.environ["STREAMTASKS_URL"] = server.url
             client = server.client()
-            ours.streamtasks("ignore", args.concurrency).fill(server.url, "noop", args.n)
-            worker = procs.spawn(ours.st_worker(args.concurrency)(server.url, "noop"), "profiled")
+            ours.streamtasks(args.variant, args.concurrency).fill(server.url, args.body, args.n)
+            command = ours.st_worker(args.concurrency)(server.url, args.body)
+            worker = procs.spawn(command, "profiled")
             while client.xlen(ours.STREAM) == args.n and worker.poll() is None:
                 time.sleep(0.01)  # sample the drain itself, not the imports
             record = [
