@@ -6,8 +6,8 @@ Threads of one worker:
   never more than the pool can start soon, and runs the first of them at once: no hand-off
   between a read and a run, so an idle worker starts a new task as soon as its read returns;
 - the settler applies finished records, many per round trip, with the fenced `settle` script;
-- the keeper promotes due delayed messages, reclaims abandoned entries, renews the leases of held
-  entries and prunes idle consumers.
+- the keeper (`keeper.py`) promotes delayed messages as they come due, reclaims abandoned
+  entries, renews the leases of held entries and prunes idle consumers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import math
 import os
 import queue
 import socket
@@ -23,16 +22,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from streamtasks import retrying
 from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
 from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
+from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for, skipped
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, decide
-from streamtasks.schedule import PromoteSchedule
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -47,13 +46,9 @@ _SETTLE_BATCH = 500
 # While entries wait to run, the settler lingers this long before a round trip, so that runs
 # finishing close together share one: a settle costs about what a task making one Redis call does.
 _SETTLE_LINGER = 0.002
-# A blocking read in drain() mode is short: it must notice soon that nothing is left.
-_DRAIN_BLOCK = 0.05
-# The shortest time between two promotions of one queue: a dense run of due times costs a
-# promote per gap, not one per message.
-_PROMOTE_GAP = 0.02
+# The longest blocking read: well inside the client's socket timeout (connection.py).
+_MAX_BLOCK = 5.0
 _STOP: Any = object()
-T = TypeVar("T")
 _worker_numbers = itertools.count()
 
 
@@ -88,11 +83,13 @@ class Worker:
     ):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        if block < 0.001 or reclaim_interval <= 0 or promote_interval <= 0:
+        if not 0.001 <= block <= _MAX_BLOCK:
             raise ConfigurationError(
-                "block must be at least 0.001 s (Redis reads BLOCK 0 as forever); "
-                "reclaim_interval and promote_interval must be > 0"
+                f"block must be between 0.001 s (Redis reads BLOCK 0 as for ever) and {_MAX_BLOCK}"
+                " s (a longer read would look like a dead connection)"
             )
+        if not (reclaim_interval >= 0.01 and promote_interval >= 0.01):
+            raise ConfigurationError("reclaim_interval and promote_interval must be >= 0.01 s")
         self.app = app
         names = list(queues or app.queues or [app.default_queue])
         self.queues = [app.check_queue(q) for q in names]
@@ -114,7 +111,6 @@ class Worker:
         self.outage = retrying.Outage(f"worker {self.name}")
         self._stop = threading.Event()
         self._abort = threading.Event()
-        self._keeper_stop = threading.Event()
         self._work: collections.deque[Delivery] = collections.deque()
         self._reading = False
         self._until_idle = False
@@ -126,10 +122,9 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._crashed: BaseException | None = None
         self._log_each = False
-        self._cursors: dict[str, str] = {}
-        # The keeper's place in each queue's wake stream (set per run), and each one's queue.
-        self._wake_after: dict[str, str] = {}
-        self._wake_queues = {k.wake: stream for stream, k in self._keys.items()}
+        self._keeper: Keeper | None = None
+        # Set once a run has ended; each run has its own, so threads of an earlier run that are
+        # still going (a stuck task, a read on a silent connection) touch nothing of the next.
         self._ended = threading.Event()
 
     def __repr__(self) -> str:
@@ -170,6 +165,7 @@ class Worker:
         )
         timed_out = False
         self._until_idle = until_idle
+        self._ended = threading.Event()
         try:
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
             self._recover_own()
@@ -216,14 +212,13 @@ class Worker:
         return threading.Thread(target=guarded, name=f"{self.name}-{role}", daemon=True)
 
     def _start_threads(self) -> None:
-        self._keeper_stop.clear()
-        self._ended = threading.Event()
+        self._keeper = Keeper(self, self._ended)
         self._threads = [
             self._thread(partial(self._execute_loop, self._ended), f"exec-{i}")
             for i in range(self.concurrency)
         ]
         self._threads.append(self._thread(self._settle_loop, "settle"))
-        self._threads.append(self._thread(self._keeper_loop, "keeper"))
+        self._threads.append(self._thread(self._keeper.run, "keeper"))
         for thread in self._threads:
             thread.start()
 
@@ -239,8 +234,10 @@ class Worker:
         for thread in executors:
             thread.join(max(0.0, deadline - time.monotonic()))
         # The keeper's last reclaim may bring entries too; they are handed back with the rest.
-        self._keeper_stop.set()
-        # Within its read's block, or more on a connection gone silent: not waited for past that.
+        # It stops within its read's block, or later on a connection gone silent: not waited
+        # for past that, and what it brings after this run has ended it leaves pending in Redis.
+        assert self._keeper is not None
+        self._keeper.stop.set()
         keeper.join(self.block + 1.0)
         # A read under way when the worker stopped returns within its block, and may bring more.
         with self._changed:
@@ -257,12 +254,12 @@ class Worker:
         settler.join()
         self._threads = []
         # Whatever is still held was settled, handed back, or left pending in Redis for
-        # redelivery: a next run on this Worker starts from nothing.
+        # redelivery: a next run on this Worker starts from nothing. A task thread still running
+        # past shutdown_timeout must not carry on into a next run once _stop is cleared: its run
+        # has ended, whatever _stop says.
         with self._changed:
             self._held.clear()
-        # A task thread still running past shutdown_timeout must not carry on into a next run
-        # once _stop is cleared: its run has ended, whatever _stop says.
-        self._ended.set()
+            self._ended.set()
         self._stop.clear()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
@@ -301,16 +298,19 @@ class Worker:
         """Call Redis, riding out outages until it answers or the worker is stopped."""
         return retrying.call(fn, self.outage, stop=self._stop)
 
-    def _read_some(self, room: int) -> None:
+    def _read_some(self, room: int, ended: threading.Event) -> None:
         """One read of at most `room` entries, accepted into the work queue. In drain mode an
         empty read ends the run once nothing is left anywhere."""
-        block_ms = int((_DRAIN_BLOCK if self._until_idle else self.block) * 1000)
+        # In drain() mode a read is short: it must notice soon that nothing is left.
+        block_ms = int((SHORT_BLOCK if self._until_idle else self.block) * 1000)
         streams = self._streams
         self._streams = streams[1:] + streams[:1]
         try:
             batches = self._read(streams, room, block_ms)
-            for stream, entries in batches:
-                self._accept(self._keys[stream], entries, wake=False)
+            # The caller wakes executors for the last batch; earlier ones are not kept waiting
+            # while a later one is looked at (its idempotency check is a round trip).
+            for i, (stream, entries) in enumerate(batches):
+                self._accept(self._keys[stream], entries, ended, wake=i < len(batches) - 1)
             if self._until_idle and not batches and self._idle():
                 self.stop()
         except BrokerUnavailable:
@@ -366,19 +366,42 @@ class Worker:
                 return False
         return True
 
+    def _free_room(self) -> int:
+        with self._changed:
+            return self._room()
+
+    def _renewable(self) -> list[tuple[QueueKeys, list[Delivery]]]:
+        """Held entries whose leases need renewing, by queue: what is waiting or running; not
+        what is being settled (the ack may have landed already) nor what was acked on receipt
+        (it is no longer pending)."""
+        with self._changed:
+            held = [
+                d
+                for d in self._held.values()
+                if not d.settling and (d.options is None or d.options.acks_late or not d.started)
+            ]
+        return _by_queue(held)
+
     def _recover_own(self) -> None:
         """Re-run what this consumer (same name) held when it last stopped."""
         for keys in self._keys.values():
             cursor = "-"
             while True:
-                found = self._io(partial(self._reclaim, keys, cursor, own=True))
+                found = self._io(partial(self._reclaim, keys, cursor, self._ended, own=True))
                 cursor = found.cursor
                 if cursor == "-":
                     break
 
     def _reclaim(
-        self, keys: QueueKeys, cursor: str, own: bool = False, limit: int | None = None
+        self,
+        keys: QueueKeys,
+        cursor: str,
+        ended: threading.Event,
+        own: bool = False,
+        limit: int | None = None,
     ) -> Reclaimed:
+        """Claim abandoned entries of a queue (this consumer's own, with `own`) and accept them
+        for the run that `ended` belongs to."""
         found = self.app.broker.reclaim(
             keys,
             self.name,
@@ -400,7 +423,7 @@ class Worker:
                 keys.queue,
                 extra={"worker": self.name},
             )
-            self._accept(keys, found.entries)
+            self._accept(keys, found.entries, ended)
         if found.dead:
             log.warning(
                 "%d entries of %s dead-lettered after %d deliveries",
@@ -411,11 +434,16 @@ class Worker:
             )
         return found
 
-    def _accept(self, keys: QueueKeys, entries: list[Entry], wake: bool = True) -> None:
+    def _accept(
+        self, keys: QueueKeys, entries: list[Entry], ended: threading.Event, wake: bool = True
+    ) -> None:
         """Hold fetched entries and send each to the pool, or settle it at once if it cannot run;
-        `wake=False` leaves waking executors for them to the caller."""
+        `wake=False` leaves waking executors for them to the caller. Entries that arrive after
+        their run `ended` are left pending in Redis, for redelivery."""
         deliveries = [Delivery.parse(keys, eid, fields, self.app.tasks) for eid, fields in entries]
         with self._changed:
+            if ended.is_set():
+                return
             for d in deliveries:
                 self._held[(keys.stream, d.entry_id)] = d
         runnable = []
@@ -452,6 +480,8 @@ class Worker:
                 runnable.append(d)
         if runnable:
             with self._changed:
+                if ended.is_set():
+                    return
                 self._work.extend(runnable)
                 if wake:
                     self._changed.notify(len(runnable))
@@ -472,9 +502,9 @@ class Worker:
                     self._reading = True
                     break
                 self._changed.wait()
-        self._read_some(room)
+        self._read_some(room, ended)
         with self._changed:
-            if self._stop.is_set():
+            if self._stop.is_set() or ended.is_set():
                 return None
             mine = self._work.popleft() if self._work else None
             # Wake one executor per entry left to the others and, if this thread runs one, one
@@ -631,175 +661,6 @@ class Worker:
             for d in deliveries:
                 self._held.pop((d.keys.stream, d.entry_id), None)
             self._changed.notify()  # room for a read, perhaps
-
-    # -- keeping: delayed messages, abandoned entries, leases, idle consumers -----------------
-
-    def _keeper_loop(self) -> None:
-        schedule = PromoteSchedule(self._keys, fallback=self.promote_interval, gap=_PROMOTE_GAP)
-        self._wake_after = dict.fromkeys(self._wake_queues, "0-0")
-        every = {
-            "promote": self.promote_interval,
-            "reclaim": self.reclaim_interval,
-            "lease": self._lease_every,
-            "prune": 60.0,
-        }
-        jobs: dict[str, Callable[[], float | None]] = {
-            "promote": partial(self._promote, schedule),
-            "reclaim": self._reclaim_abandoned,
-            "lease": self._renew_leases,
-            "prune": self._prune,
-        }
-        now = time.monotonic()
-        due = {job: now + every[job] for job in jobs}
-        due["promote"] = now  # what came due while no worker ran, at once
-        backing_off: set[str] = set()  # jobs paused because Redis was unreachable
-        while not self._keeper_stop.is_set():
-            now = time.monotonic()
-            for job, at in due.items():
-                if now >= at:
-                    due[job] = now + self._attempt(job, jobs[job], every[job], backing_off)
-            # The wait between jobs is a blocking read of the wake streams, so a delayed message
-            # due sooner than the keeper knew of is promoted on time, not at the next poll.
-            announced = self._await_wakes(schedule, min(due.values()) - time.monotonic())
-            now = time.monotonic()
-            if backing_off and not self.outage.down:
-                # Redis answers again: what paused during the outage runs now, not after its pause.
-                for job in backing_off:
-                    due[job] = now
-                backing_off.clear()
-            if announced:
-                due["promote"] = min(due["promote"], now + schedule.wait(now, self._now_ms()))
-
-    def _attempt(
-        self, job: str, fn: Callable[[], float | None], every: float, backing_off: set[str]
-    ) -> float:
-        """Run one keeper job; the seconds until it runs again: its own say, else `every`, and
-        longer while Redis is unreachable (the job is then added to `backing_off`)."""
-        try:
-            after = fn()
-        except ConfigurationError:
-            raise  # e.g. credentials refused: waiting will not help; stop the worker
-        except BrokerUnavailable as exc:
-            self.outage.failed(exc)
-            backing_off.add(job)
-            return min(5.0, 4 * every)
-        except Exception:
-            log.exception("worker %s: %s failed; will try again", self.name, job)
-            after = None
-        backing_off.discard(job)
-        return every if after is None else after
-
-    def _await_wakes(self, schedule: PromoteSchedule, seconds: float) -> bool:
-        """Wait up to `seconds` (at most one read's block) on the queues' wake streams; True if a
-        producer announced a delayed message due sooner than any before it."""
-        # Short reads once stopping: shutdown stops the keeper last and should not wait on it.
-        short = self._until_idle or self._stop.is_set()
-        seconds = min(seconds, _DRAIN_BLOCK if short else self.block)
-        if seconds <= 0:
-            return False
-        if not self._wake_after:
-            self._keeper_stop.wait(seconds)
-            return False
-        try:
-            found = self._keep(
-                partial(self.app.broker.wakes, self._wake_after, math.ceil(seconds * 1000))
-            )
-        except ConfigurationError:
-            raise
-        except BrokerUnavailable as exc:
-            self.outage.failed(exc)
-            self._keeper_stop.wait(seconds)
-            return False
-        except StreamTasksError:
-            if not self._drop_spoiled_wakes():
-                log.exception("worker %s: waiting for wake-ups failed", self.name)
-                self._keeper_stop.wait(seconds)
-            return False
-        for wake, (last_id, due_ms) in found.items():
-            self._wake_after[wake] = last_id
-            schedule.announced(self._wake_queues[wake], due_ms)
-        return bool(found)
-
-    def _drop_spoiled_wakes(self) -> bool:
-        """Leave out wake keys that hold something other than a stream (someone else wrote
-        there), which fail every read of them all; True if there were any. Their queues' delayed
-        messages are still promoted, every promote_interval instead of when due."""
-        try:
-            spoiled = self.app.broker.not_streams(list(self._wake_after))
-        except StreamTasksError:
-            return False
-        for key in spoiled:
-            log.warning(
-                "%s holds something other than a stream; delayed messages of %s are promoted "
-                "every %.1fs instead of when due until it is deleted and the worker restarted",
-                key,
-                self._keys[self._wake_queues[key]].queue,
-                self.promote_interval,
-                extra={"worker": self.name, "key": key},
-            )
-            del self._wake_after[key]
-        return bool(spoiled)
-
-    def _keep(self, call: Callable[[], T]) -> T:
-        """A keeper's Redis call: the loop logs a failure; a success after one ends the outage."""
-        result = call()
-        if self.outage.down:
-            self.outage.recovered()
-        return result
-
-    def _now_ms(self) -> int:
-        return int(self.app.clock() * 1000)
-
-    def _promote(self, schedule: PromoteSchedule) -> float:
-        """Promote the queues whose delayed messages are due; the seconds until more are."""
-        now, now_ms = time.monotonic(), self._now_ms()
-        for stream in schedule.due(now, now_ms):
-            keys = self._keys[stream]
-            moved, next_due = self._keep(partial(self.app.broker.promote, keys, now_ms))
-            schedule.promoted(stream, now, next_due)
-            if moved:
-                log.debug("moved %d due messages into %s", moved, keys.queue)
-        return schedule.wait(time.monotonic(), self._now_ms())
-
-    def _reclaim_abandoned(self) -> None:
-        if self._stop.is_set():
-            return
-        for keys in self._keys.values():
-            with self._changed:
-                room = self._room()
-            if room <= 0:
-                return
-            cursor = self._cursors.get(keys.stream, "-")
-            found = self._keep(partial(self._reclaim, keys, cursor, limit=room))
-            self._cursors[keys.stream] = found.cursor
-
-    def _renew_leases(self) -> None:
-        with self._changed:
-            # Renew what is waiting or running; not what is being settled (the ack may have
-            # landed already) nor what was acked on receipt (it is no longer pending).
-            held = [
-                d
-                for d in self._held.values()
-                if not d.settling and (d.options is None or d.options.acks_late or not d.started)
-            ]
-        for keys, group in _by_queue(held):
-            ids = [d.entry_id for d in group]
-            lost = self._keep(partial(self.app.broker.lease, keys, self.name, ids, hand_back=False))
-            for d in group:
-                if d.entry_id in lost:
-                    log.warning(
-                        "%s[%s] was taken over by another worker while held here",
-                        d.task_name,
-                        d.task_id,
-                        extra={"task_id": d.task_id},
-                    )
-
-    def _prune(self) -> None:
-        for keys in self._keys.values():
-            idle_ms = int(self.prune_idle * 1000)
-            removed = self._keep(partial(self.app.broker.prune, keys, self.name, idle_ms))
-            if removed:
-                log.info("removed %d idle consumers from %s", removed, keys.queue)
 
 
 def _by_queue(

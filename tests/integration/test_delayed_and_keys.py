@@ -14,7 +14,7 @@ import pytest
 from streamtasks import App, AsyncResult, Retry, TaskError, current_task
 from streamtasks.message import Message, encode, flatten, netstring
 from tests.redis_server import RedisServer
-from tests.unit.support import ManualClock, running
+from tests.unit.support import ManualClock, running, wait_until
 
 
 class GatewayTimeout(Exception):
@@ -145,7 +145,7 @@ def test_a_spoiled_wake_key_costs_only_promptness(
 
     later = redis_app.task(name="later")(lambda: "shipped")
     worker = redis_app.Worker(promote_interval=0.1)
-    with caplog.at_level(logging.WARNING, logger="streamtasks.worker"), running(worker):
+    with caplog.at_level(logging.WARNING, logger="streamtasks"), running(worker):
         shipped = later.apply_async(countdown=0.05)
         paid = flaky.delay()
         assert shipped.get(timeout=5) == "shipped"
@@ -153,6 +153,23 @@ def test_a_spoiled_wake_key_costs_only_promptness(
     assert attempts == [0, 1]
     warnings = [r for r in caplog.records if keys.wake in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_queue_whose_delayed_set_is_spoiled_holds_up_no_other_queue(
+    redis_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    alpha, beta = redis_app.keys("alpha"), redis_app.keys("beta")
+    redis_app.broker.client.set(alpha.delayed, "not a sorted set")
+    redis_app.task(name="a", queue="alpha")(lambda: "a")
+    later = redis_app.task(name="b", queue="beta")(lambda: "b")
+    worker = redis_app.Worker(promote_interval=0.1)
+    with caplog.at_level(logging.ERROR, logger="streamtasks"), running(worker):
+        assert later.apply_async(countdown=0.05).get(timeout=5) == "b"
+        wait_until(lambda: len(caplog.records) > 0, what="the failure to be logged")
+    failures = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
+    assert len(failures) == 1, "logged once, not at every promotion"
+    assert redis_app.broker.client.get(alpha.delayed) == b"not a sorted set"
+    assert redis_app.broker.client.zcard(beta.delayed) == 0
 
 
 def test_an_idle_worker_barely_calls_redis(own_redis: RedisServer, app_name: str) -> None:

@@ -195,6 +195,39 @@ def test_a_task_that_outlives_its_worker_run_takes_no_new_work_afterwards(redis_
     assert stream_len(redis_app, "default") == 2, "both entries are left for another worker"
 
 
+def test_a_keeper_stuck_past_its_run_stays_out_of_the_next_one(
+    redis_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeper stuck in a Redis call (a connection gone silent) is not waited for past its read's
+    block; when the call returns, in the next run of the same Worker, it ends there instead of
+    keeping beside the new keeper."""
+    stuck, release = threading.Event(), threading.Event()
+    wakes = redis_app.broker.wakes
+
+    def silent_once(after: dict[str, str], block_ms: int) -> dict[str, tuple[str, float]]:
+        if not stuck.is_set():
+            stuck.set()
+            release.wait(10)
+        return wakes(after, block_ms)
+
+    monkeypatch.setattr(redis_app.broker, "wakes", silent_once)
+    later = redis_app.task(name="later")(lambda: "later")
+    worker = redis_app.Worker(name="again", block=0.1)
+    with running(worker):
+        assert stuck.wait(5)
+
+    def keepers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "again-keeper"]
+
+    [first] = keepers()
+    with running(worker):
+        release.set()
+        first.join(5)
+        assert not first.is_alive(), "the first run's keeper went on into the second run"
+        assert len(keepers()) == 1
+        assert later.apply_async(countdown=0.05).get(timeout=5) == "later"
+
+
 def test_a_busy_worker_holds_no_more_than_it_can_start_across_several_queues(
     redis_app: App,
 ) -> None:

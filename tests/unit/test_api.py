@@ -101,10 +101,18 @@ def test_app_settings_that_cannot_work_are_refused(options: dict[str, float]) ->
 
 @pytest.mark.parametrize(
     "options",
-    [{"concurrency": 0}, {"block": 0}, {"reclaim_interval": 0}, {"promote_interval": -1}],
+    [
+        {"concurrency": 0},
+        {"block": 0},
+        {"block": float("nan")},
+        {"block": 30},
+        {"reclaim_interval": 0.001},
+        {"promote_interval": -1},
+    ],
 )
 def test_worker_settings_that_cannot_work_are_refused(options: dict[str, float]) -> None:
-    """block=0 would be BLOCK 0 to Redis (wait for ever); a zero interval would spin the keeper."""
+    """block=0 would be BLOCK 0 to Redis (wait for ever) and a block past the socket timeout a
+    dead connection; a tiny interval would spin the keeper."""
     with pytest.raises(ConfigurationError):
         App("shop", url="memory://x").Worker(**options)
 

@@ -396,12 +396,12 @@ def test_a_worker_left_running_on_memory_serves_what_is_sent_after_it_started(
     """Users' tests may keep a worker running in a thread and enqueue as they go: fakeredis wakes
     the worker's blocked reads at once, well inside a read's block or the fallback promotion."""
     ping = memory_app.task(name="ping")(lambda x: x)
-    worker = memory_app.Worker(concurrency=2, block=1.5, promote_interval=3.0)
+    worker = memory_app.Worker(concurrency=2, block=2.0, promote_interval=4.0)
     with running(worker):
         wait_until(lambda: worker._reading, what="the worker to wait for work")
-        assert ping.delay("now").get(timeout=0.5) == "now"
-        assert [r.get(timeout=0.5) for r in ping.map(["a", "b", "c"])] == ["a", "b", "c"]
-        assert ping.apply_async(("later",), countdown=0.05).get(timeout=0.5) == "later"
+        assert ping.delay("now").get(timeout=1) == "now"
+        assert [r.get(timeout=1) for r in ping.map(["a", "b", "c"])] == ["a", "b", "c"]
+        assert ping.apply_async(("later",), countdown=0.05).get(timeout=1) == "later"
 
 
 def test_one_worker_serves_every_queue_with_a_task(memory_app: App) -> None:
