@@ -236,8 +236,8 @@ class Worker:
         # The keeper's last reclaim may bring entries too; they are handed back with the rest.
         # It stops within its read's block, or later on a connection gone silent: not waited
         # for past that, and what it brings after this run has ended it leaves pending in Redis.
-        assert self._keeper is not None
-        self._keeper.stop.set()
+        if self._keeper is not None:
+            self._keeper.stop.set()
         keeper.join(self.block + 1.0)
         # A read under way when the worker stopped returns within its block, and may bring more.
         with self._changed:
