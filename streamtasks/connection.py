@@ -15,6 +15,11 @@ from streamtasks.errors import ConfigurationError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
+#: The longest blocking read streamtasks makes (seconds): a worker's read, a wait for a result.
+MAX_BLOCK = 5.0
+#: Outlasts MAX_BLOCK, so a read that is merely waiting is never mistaken for a dead connection.
+SOCKET_TIMEOUT = 15.0
+
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
 
@@ -41,11 +46,9 @@ def connect(url: str) -> redis.Redis:
 
 
 def _client(url: str) -> redis.Redis:
-    # The socket timeout outlasts the longest blocking read streamtasks makes (5 s), so a read
-    # that is merely waiting is never mistaken for a dead connection.
     options: dict[str, Any] = {
         "socket_connect_timeout": 5.0,
-        "socket_timeout": 15.0,
+        "socket_timeout": SOCKET_TIMEOUT,
         "health_check_interval": 30,
     }
     if not url.startswith("unix:"):

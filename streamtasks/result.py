@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from streamtasks import retrying
 from streamtasks.broker import Entry
+from streamtasks.connection import MAX_BLOCK
 from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
 from streamtasks.message import unpack
 
@@ -21,7 +22,7 @@ SUCCESS, FAILURE, DEAD = "SUCCESS", "FAILURE", "DEAD"
 READY_STATES = frozenset({SUCCESS, FAILURE, DEAD})
 
 # Longest single blocking read: a dropped connection is noticed at least this often.
-_MAX_BLOCK_MS = 5_000
+_MAX_BLOCK_MS = int(MAX_BLOCK * 1000)
 
 
 class AsyncResult(Generic[R]):

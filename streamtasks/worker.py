@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamtasks import retrying
 from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
+from streamtasks.connection import MAX_BLOCK
 from streamtasks.context import TaskContext, _current
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
@@ -46,8 +47,6 @@ _SETTLE_BATCH = 500
 # While entries wait to run, the settler lingers this long before a round trip, so that runs
 # finishing close together share one: a settle costs about what a task making one Redis call does.
 _SETTLE_LINGER = 0.002
-# The longest blocking read: well inside the client's socket timeout (connection.py).
-_MAX_BLOCK = 5.0
 _STOP: Any = object()
 _worker_numbers = itertools.count()
 
@@ -83,9 +82,9 @@ class Worker:
     ):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        if not 0.001 <= block <= _MAX_BLOCK:
+        if not 0.001 <= block <= MAX_BLOCK:
             raise ConfigurationError(
-                f"block must be between 0.001 s (Redis reads BLOCK 0 as for ever) and {_MAX_BLOCK}"
+                f"block must be between 0.001 s (Redis reads BLOCK 0 as for ever) and {MAX_BLOCK}"
                 " s (a longer read would look like a dead connection)"
             )
         if not (reclaim_interval >= 0.01 and promote_interval >= 0.01):
