@@ -86,11 +86,20 @@ class SettleRecord(NamedTuple):
         return self.action == "a" and self.result_key is None and self.idempotency_key is None
 
 
+class Buried(NamedTuple):
+    """An entry reclaim dead-lettered because it was delivered max_deliveries times."""
+
+    task_id: str
+    task: str
+    attempt: int
+    deliveries: int
+
+
 @dataclass(frozen=True)
 class Reclaimed:
     cursor: str
     entries: list[Entry]
-    dead: int
+    dead: list[Buried]
 
 
 def _group_missing(exc: redis.ResponseError) -> bool:
@@ -351,7 +360,11 @@ class Broker:
             (_s(flat[i]), dict(zip(flat[i + 1][::2], flat[i + 1][1::2], strict=True)))
             for i in range(0, len(flat), 2)
         ]
-        return Reclaimed(_s(nxt), entries, int(dead))
+        buried = [
+            Buried(_s(dead[i]), _s(dead[i + 1]), int(dead[i + 2]), int(dead[i + 3]))
+            for i in range(0, len(dead), 4)
+        ]
+        return Reclaimed(_s(nxt), entries, buried)
 
     @_translating
     def lease(

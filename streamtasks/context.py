@@ -12,6 +12,10 @@ from streamtasks.errors import StreamTasksError
 
 @dataclass(frozen=True)
 class TaskContext:
+    """The running task: its id and name, its queue, which attempt this is (the first run is
+    attempt 1), how many retries are left after it, its idempotency key and headers, and the
+    name of the worker running it."""
+
     id: str
     name: str
     queue: str

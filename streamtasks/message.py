@@ -3,12 +3,14 @@
 A message is a flat stream entry, readable with XRANGE and writable with a plain XADD from any
 language (see docs/protocol.md)::
 
-    schema_version   "1"
+    schema_version   "2" ("1" is still read)
     id               task id (any unique string; streamtasks uses 32 hex digits)
     task             registered task name, e.g. "shop.place_order"
     call             msgpack map {"args": [...], "kwargs": {...}, "headers": {...}}
-    attempt          optional; retries so far, default "0"
+    attempt          optional; which run this is, the first being 1 (the default)
     idempotency_key  optional
+
+Version 1 counted `attempt` from 0 (retries so far) and had no extension types in `call`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import msgpack
 
 from streamtasks.errors import DecodeError, EncodeError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions this code reads; a version 1 entry counted its attempts from 0.
+_V1, _V2 = b"1", SCHEMA_VERSION.encode()
 
 Fields = dict[str, bytes | str]
 
@@ -33,7 +37,7 @@ class Message(NamedTuple):
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = {}
     headers: Mapping[str, Any] = {}
-    attempt: int = 0
+    attempt: int = 1
     idempotency_key: str | None = None
 
 
@@ -69,14 +73,11 @@ def encode(message: Message, max_bytes: int | None = None) -> Fields:
         "task": message.task,
         "call": call,
     }
-    if message.attempt:
+    if message.attempt != 1:
         fields["attempt"] = str(message.attempt)
     if message.idempotency_key is not None:
         fields["idempotency_key"] = message.idempotency_key
     return fields
-
-
-_SCHEMA = SCHEMA_VERSION.encode()
 
 
 def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
@@ -92,11 +93,11 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
 def decode(fields: Mapping[bytes, bytes]) -> Message:
     """Parse stream fields into a Message, or raise DecodeError saying what is wrong."""
     version = fields.get(b"schema_version")
-    if version != _SCHEMA:
+    if version != _V2 and version != _V1:
         if version is None:
             raise DecodeError("not a streamtasks message: no schema_version field")
         raise DecodeError(
-            f"unknown schema_version {version!r}; this worker reads {SCHEMA_VERSION!r}"
+            f"unknown schema_version {version!r}; this worker reads '1' and {SCHEMA_VERSION!r}"
         )
     raw_call = fields.get(b"call")
     if raw_call is None:
@@ -114,9 +115,11 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
         raise DecodeError("field 'call' has a kwargs name that is not a string")
     raw_attempt = fields.get(b"attempt")
     try:
-        attempt = 0 if raw_attempt is None else int(raw_attempt)
+        attempt = 1 if raw_attempt is None else int(raw_attempt) + (version == _V1)
     except ValueError:
         raise DecodeError("field 'attempt' is not an integer") from None
+    if attempt < 1:
+        raise DecodeError(f"field 'attempt' must be 1 or more, not {attempt}")
     # Refused rather than mangled: two different keys must never decode to the same one.
     key = None if b"idempotency_key" not in fields else _text(fields, b"idempotency_key")
     return Message(

@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from streamtasks.broker import SettleRecord
 from streamtasks.errors import DecodeError, EncodeError
 from streamtasks.keys import QueueKeys
-from streamtasks.message import Message, decode, flatten, netstring, pack
+from streamtasks.message import SCHEMA_VERSION, Message, decode, flatten, netstring, pack
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, RetryLater, Succeeded
 
 if TYPE_CHECKING:
     from streamtasks.task import Task, TaskOptions
+
+
+# How many of the worker's task names an UnknownTask dead letter lists.
+_LISTED = 20
 
 
 @dataclass(eq=False, slots=True)
@@ -45,9 +49,7 @@ class Delivery:
             return cls(keys, entry_id, fields, None, None, ErrorInfo("DecodeError", str(exc), ""))
         task = tasks.get(message.task)
         if task is None:
-            problem = ErrorInfo(
-                "UnknownTask", f"no task named {message.task!r} is registered in this worker", ""
-            )
+            problem = ErrorInfo("UnknownTask", _unknown(message.task, tasks), "")
             return cls(keys, entry_id, fields, message, None, problem)
         return cls(keys, entry_id, fields, message, task, None, task.options)
 
@@ -61,15 +63,34 @@ class Delivery:
 
     @property
     def attempt(self) -> int:
-        return self.message.attempt if self.message else 0
+        """Which run of the task this is, the first being 1."""
+        return self.message.attempt if self.message else 1
+
+
+def _unknown(name: str, tasks: Mapping[str, Task[Any, Any]]) -> str:
+    known = sorted(tasks)
+    listed = ", ".join(known[:_LISTED]) + (
+        f" and {len(known) - _LISTED} more" if len(known) > _LISTED else ""
+    )
+    return (
+        f"no task named {name!r} is registered in this worker; it knows "
+        f"{listed or 'no tasks at all'} (is the producer's app the one the worker imports?)"
+    )
 
 
 class Settle(NamedTuple):
-    """A record for the settler, which ends the delivery; `status` is for the log."""
+    """A record for the settler, which ends the delivery; `status` and `outcome` say how the run
+    ended (no outcome: nothing ran)."""
 
     delivery: Delivery
     record: SettleRecord
     status: str
+    outcome: Outcome | None = None
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """What went wrong, for an outcome other than a success."""
+        return None if self.outcome is None else getattr(self.outcome, "error", None)
 
 
 def _result_key(d: Delivery) -> str | None:
@@ -91,7 +112,7 @@ def _dead_fields(d: Delivery, error: ErrorInfo, worker: str, now: float) -> byte
             "traceback",
             error.traceback,
             "attempts",
-            str(d.attempt + 1),
+            str(d.attempt),
             "worker",
             worker,
             "failed_at",
@@ -123,7 +144,7 @@ def record_for(
         and d.message is not None
         and d.message.idempotency_key is None
     ):
-        return Settle(d, SettleRecord(d.entry_id, "a"), "SUCCESS")  # a plain ack, nothing to write
+        return Settle(d, SettleRecord(d.entry_id, "a"), "SUCCESS", outcome)  # a plain ack
     rkey = _result_key(d)
     ttl_ms = int(result_ttl * 1000)
     if isinstance(outcome, Succeeded):
@@ -143,30 +164,32 @@ def record_for(
                 None if key is None else d.keys.idempotency(key),
                 str(int(idempotency_ttl * 1000)),
             )
-            return _late(d, record, "SUCCESS")
+            return _late(d, record, "SUCCESS", outcome)
     if isinstance(outcome, Failed):
         data = pack(outcome.error.as_dict())
-        return _late(d, SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data), "FAILURE")
+        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data)
+        return _late(d, record, "FAILURE", outcome)
     if isinstance(outcome, RetryLater):
         due_ms = int((now + outcome.delay) * 1000)
         fields = dict(d.fields)
+        fields[b"schema_version"] = SCHEMA_VERSION.encode()  # a version 1 entry counted from 0
         fields[b"attempt"] = str(d.attempt + 1).encode()
         extra = b"%d:" % due_ms + netstring(flatten(fields))
         data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": d.attempt})
-        return _late(
-            d, SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra), "RETRY"
-        )
+        record = SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra)
+        return _late(d, record, "RETRY", outcome)
     assert isinstance(outcome, DeadLetter)
     data = pack(outcome.error.as_dict())
     extra = _dead_fields(d, outcome.error, worker, now)
-    return _late(d, SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, None, extra), "DEAD")
+    record = SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, None, extra)
+    return _late(d, record, "DEAD", outcome)
 
 
-def _late(d: Delivery, record: SettleRecord, status: str) -> Settle:
+def _late(d: Delivery, record: SettleRecord, status: str, outcome: Outcome) -> Settle:
     """For a task acked on receipt, the final record must neither fence nor ack again."""
     if d.options is not None and not d.options.acks_late:
         record = record._replace(action=record.action.upper())
-    return Settle(d, record, status)
+    return Settle(d, record, status, outcome)
 
 
 def skipped(d: Delivery) -> Settle:

@@ -69,12 +69,12 @@ Outcome = Succeeded | Failed | RetryLater | DeadLetter
 def backoff_delay(
     attempt: int, base: float, cap: float, jitter: bool, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait before retry number `attempt` + 1 (attempt counts from 0).
+    """Seconds to wait after failed attempt number `attempt` (the first run is attempt 1).
 
     The delay doubles each attempt from `base`, up to `cap`. With jitter it is drawn uniformly from
     the upper half, [d/2, d], which spreads a burst of retries without ever retrying at once.
     """
-    delay = min(cap, base * 2.0 ** min(attempt, 62))
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 62))
     return delay * (0.5 + rand() / 2) if jitter else delay
 
 
@@ -85,15 +85,16 @@ def decide(
     value: Any = None,
     rand: Callable[[], float] = random.random,
 ) -> Outcome:
-    """The outcome of a run that returned `value` or raised `exc`, on attempt `attempt`."""
+    """The outcome of a run that returned `value` or raised `exc` on attempt `attempt` (the first
+    run is attempt 1; a task runs at most `max_retries` + 1 times)."""
     if exc is None:
         return Succeeded(value)
     if isinstance(exc, Reject):
         return DeadLetter(ErrorInfo.of(exc))
     if isinstance(exc, (Retry, *policy.autoretry_for)):
-        if attempt >= policy.max_retries:
+        if attempt > policy.max_retries:
             error = ErrorInfo.of(exc)
-            reason = f"gave up after {attempt + 1} attempts: {error.message}"
+            reason = f"gave up after {attempt} attempts: {error.message}"
             return DeadLetter(ErrorInfo(error.type_name, reason, error.traceback))
         countdown = exc.countdown if isinstance(exc, Retry) else None
         if countdown is None:

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from streamtasks import retrying
 from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
 from streamtasks.connection import MAX_BLOCK
-from streamtasks.context import TaskContext, _current
+from streamtasks.context import TaskContext
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for, skipped
-from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, decide
+from streamtasks.policy import DeadLetter, Outcome
+from streamtasks.runs import execute, report
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -423,13 +424,22 @@ class Worker:
                 extra={"worker": self.name},
             )
             self._accept(keys, found.entries, ended)
-        if found.dead:
-            log.warning(
-                "%d entries of %s dead-lettered after %d deliveries",
-                found.dead,
-                keys.queue,
-                self.app.max_deliveries,
-                extra={"queue": keys.queue},
+        for buried in found.dead:
+            log.error(
+                "%s[%s] dead-lettered on attempt %d: delivered %d times without finishing; a "
+                "worker died on each (MaxDeliveriesExceeded)",
+                buried.task,
+                buried.task_id,
+                buried.attempt,
+                buried.deliveries,
+                extra={
+                    "task_id": buried.task_id,
+                    "task": buried.task,
+                    "queue": keys.queue,
+                    "attempt": buried.attempt,
+                    "outcome": "DEAD",
+                    "worker": self.name,
+                },
             )
         return found
 
@@ -457,15 +467,10 @@ class Worker:
             done = {id(d) for d, flag in zip(keyed, flags, strict=True) if flag}
         for d in deliveries:
             if d.problem is not None:
-                log.warning(
-                    "dead-lettering entry %s of %s: %s",
-                    d.entry_id,
-                    keys.queue,
-                    d.problem.message,
-                    extra={"queue": keys.queue, "entry_id": d.entry_id},
-                )
                 # Never run: dead-lettered with the reason, atomically with its ack.
-                self._settles.put([self._record(d, DeadLetter(d.problem))])
+                settle = self._record(d, DeadLetter(d.problem))
+                report(settle, 0.0, worker=self.name, now=self.app.clock())
+                self._settles.put([settle])
             elif id(d) in done:
                 log.info(
                     "%s[%s] already done under key %s; not run again",
@@ -539,29 +544,14 @@ class Worker:
                     d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
                 )
             )
-        token = _current.set(partial(self._context, d))
-        began = time.perf_counter()
-        try:
-            value, exc = task.fn(*message.args, **message.kwargs), None
-        except BaseException as error:  # even SystemExit: a task never takes its worker down
-            value, exc = None, error
-        finally:
-            _current.reset(token)
-        took = time.perf_counter() - began
+        settle, took = execute(
+            d,
+            self.app,
+            worker=self.name,
+            context=partial(self._context, d),
+            log_success=self._log_each,
+        )
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
-        try:
-            settle = self._record(d, decide(task.options.retry, message.attempt, exc, value))
-        except Exception as error:  # an outcome that cannot be applied is the task's failure
-            settle = self._record(d, Failed(ErrorInfo.of(error)))
-        if self._log_each:
-            log.info(
-                "%s[%s] %s in %.4fs",
-                task.name,
-                message.id,
-                settle.status,
-                took,
-                extra={"task_id": message.id, "task": task.name, "seconds": took},
-            )
         return settle
 
     def _record(self, d: Delivery, outcome: Outcome) -> Settle:
@@ -587,14 +577,13 @@ class Worker:
         return bool(acked == SETTLED)
 
     def _context(self, d: Delivery) -> TaskContext:
-        attempt = d.message.attempt if d.message else 0
         retries = d.options.retry.max_retries if d.options else 0
         return TaskContext(
             id=d.task_id,
             name=d.task_name,
             queue=d.keys.queue,
-            attempt=attempt,
-            retries_left=max(0, retries - attempt),
+            attempt=d.attempt,
+            retries_left=max(0, retries + 1 - d.attempt),
             idempotency_key=d.message.idempotency_key if d.message else None,
             headers=d.message.headers if d.message else {},
             worker=self.name,

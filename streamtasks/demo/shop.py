@@ -164,7 +164,7 @@ def _tracked(keys: SaleKeys) -> Iterator[None]:
     pipe.hget(keys.running, task.id)
     pipe.hset(keys.running, task.id, task.worker)
     before, _ = pipe.execute()
-    if task.attempt > 0:
+    if task.attempt > 1:
         client.sadd(keys.retries, f"{task.id}:{task.attempt}")
     if before is not None and before.decode() != task.worker:
         client.sadd(keys.recovered, task.id)

@@ -8,7 +8,8 @@
 --       result ttl ms, DEAD result data, most entries to claim, then task name, timeout ms, ...
 -- A dead-lettered entry's DEAD result goes to prefix .. task id: a key the script builds, which
 -- shares the queue's hash tag with KEYS and so lives on the same cluster slot.
--- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...}, dead-lettered count}.
+-- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...},
+--          {task id, task name, attempt, deliveries, ...} of each entry dead-lettered}.
 -- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
 local function bury(stream, dlq, id, extra)
   local fields = {}
@@ -30,7 +31,7 @@ local timeouts = {}
 local limit = tonumber(ARGV[12])
 for i = 13, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local pending = redis.call('XPENDING', KEYS[1], group, cursor, '+', count)
-local claimed, dead, last = {}, 0, nil
+local claimed, dead, last = {}, {}, nil
 for _, p in ipairs(pending) do
   if #claimed >= 2 * limit then break end
   local id, holder, idle, deliveries = p[1], p[2], p[3], p[4]
@@ -42,26 +43,30 @@ for _, p in ipairs(pending) do
   else
     local timeout = default_timeout
     local fields = entry[2]
-    for j = 1, #fields, 2 do
-      if fields[j] == 'task' and timeouts[fields[j + 1]] then timeout = timeouts[fields[j + 1]] end
-    end
+    local f = {}
+    for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
+    if f.task and timeouts[f.task] then timeout = timeouts[f.task] end
     local mine = holder == me
     if (own and mine) or (not mine and idle >= timeout) then
       if deliveries >= max_deliveries then
+        -- Deliveries of this entry are runs of one attempt: a worker died in each.
+        local attempt = tonumber(f.attempt)
+        if f.schema_version == '1' then attempt = (attempt or 0) + 1 end  -- counted from 0
+        attempt = attempt or 1
         bury(KEYS[1], KEYS[2], id, {
           'error_type', 'MaxDeliveriesExceeded',
           'error', 'delivered ' .. deliveries .. ' times without finishing; a worker died on each',
-          'traceback', '', 'attempts', tostring(deliveries), 'worker', holder,
-          'failed_at', ARGV[8], 'origin_stream', KEYS[1], 'origin_id', id})
+          'traceback', '', 'attempts', tostring(attempt), 'deliveries', tostring(deliveries),
+          'worker', holder, 'failed_at', ARGV[8], 'origin_stream', KEYS[1], 'origin_id', id})
         finish(KEYS[1], group, id)
-        for j = 1, #fields, 2 do
-          if fields[j] == 'id' then
-            local rkey = ARGV[9] .. fields[j + 1]
-            redis.call('XADD', rkey, '*', 'status', 'DEAD', 'data', ARGV[11])
-            redis.call('PEXPIRE', rkey, ARGV[10])
-          end
+        if f.id then
+          local rkey = ARGV[9] .. f.id
+          redis.call('XADD', rkey, '*', 'status', 'DEAD', 'data', ARGV[11])
+          redis.call('PEXPIRE', rkey, ARGV[10])
         end
-        dead = dead + 1
+        for _, v in ipairs({f.id or id, f.task or '?', tostring(attempt), tostring(deliveries)}) do
+          dead[#dead + 1] = v
+        end
       else
         redis.call('XCLAIM', KEYS[1], group, me, 0, id)
         claimed[#claimed + 1] = id

@@ -135,6 +135,20 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
         t.count_completion(token)
         return "paid"
 
+    @app.task(name="e2e.divide")
+    def divide(total: int, parts: int) -> float:
+        return total / parts
+
+    @app.task(
+        name="e2e.gateway_down",
+        autoretry_for=(ConnectionError,),
+        max_retries=1,
+        retry_backoff=0.05,
+        retry_jitter=False,
+    )
+    def gateway_down(order_id: str) -> None:
+        raise ConnectionError(f"payment gateway unreachable for {order_id}")
+
     return app
 
 

@@ -199,7 +199,7 @@ def test_a_keyed_task_that_retries_marks_the_key_done_only_on_success(leaping_ap
 
     result = ship.apply_async(idempotency_key="ship:o-1")
     leaping_app.Worker().drain(timeout=5)
-    assert attempts == [0, 1, 2]
+    assert attempts == [1, 2, 3]
     assert result.get(timeout=1) == "shipped"
 
 
@@ -284,7 +284,7 @@ def test_retries_run_again_and_then_succeed(leaping_app: App) -> None:
 
     result = flaky.delay(4)
     leaping_app.Worker().drain(timeout=5)
-    assert attempts == [0, 1, 2]
+    assert attempts == [1, 2, 3]
     assert result.get(timeout=1) == 8
     assert len(leaping_app.dead_letters()) == 0
 
@@ -299,7 +299,7 @@ def test_exhausted_retries_land_in_the_dead_letter_stream(leaping_app: App) -> N
 
     result = flaky.delay("o-9")
     leaping_app.Worker(name="w1").drain(timeout=5)
-    assert attempts == [0, 1, 2]
+    assert attempts == [1, 2, 3]
     assert result.status == "DEAD"
     with pytest.raises(TaskError) as info:
         result.get(timeout=1)
@@ -351,7 +351,7 @@ def test_retry_with_countdown_schedules_exactly_that_far_ahead(
         assert score == (clock.now + 7.5) * 1000
         clock.advance(7.5)
         assert result.get(timeout=5) == "ready"
-    assert attempts == [0, 1]
+    assert attempts == [1, 2]
 
 
 def test_entries_a_worker_cannot_run_are_dead_lettered_and_the_worker_carries_on(

@@ -36,7 +36,7 @@ def test_a_message_round_trips_through_its_fields() -> None:
         idempotency_key="order:o-1",
     )
     fields = encode(message)
-    assert fields["schema_version"] == SCHEMA_VERSION == "1"
+    assert fields["schema_version"] == SCHEMA_VERSION == "2"
     assert decode(as_entry(fields)) == message
 
 
@@ -49,7 +49,7 @@ def test_a_plain_xadd_from_another_language_is_readable() -> None:
         (1,),
         {"a": 2},
     )
-    assert message.attempt == 0
+    assert message.attempt == 1
     assert message.idempotency_key is None
 
 
@@ -73,9 +73,20 @@ def test_missing_schema_version_says_it_is_not_a_streamtasks_message() -> None:
         decode(fields)
 
 
-def test_unknown_schema_version_names_both_versions() -> None:
-    with pytest.raises(DecodeError, match=r"unknown schema_version b'2'.*'1'"):
-        decode(valid_fields(schema_version="2"))
+def test_unknown_schema_version_names_the_versions_read() -> None:
+    with pytest.raises(DecodeError, match=r"unknown schema_version b'3'.*'1' and '2'"):
+        decode(valid_fields(schema_version="3"))
+
+
+def test_a_version_1_entry_counted_its_attempts_from_0() -> None:
+    assert decode(valid_fields(schema_version="1")).attempt == 1
+    assert decode(valid_fields(schema_version="1", attempt="2")).attempt == 3
+    assert decode(valid_fields(schema_version="2", attempt="2")).attempt == 2
+
+
+def test_an_attempt_below_1_is_refused() -> None:
+    with pytest.raises(DecodeError, match="'attempt' must be 1 or more, not 0"):
+        decode(valid_fields(schema_version="2", attempt="0"))
 
 
 def test_a_call_that_is_not_msgpack_is_refused() -> None:

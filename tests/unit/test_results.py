@@ -129,7 +129,7 @@ def test_status_is_retry_while_a_retry_waits_for_its_due_time(
         assert score == (clock.now + 10.0) * 1000, "due after exactly the backoff"
         clock.advance(10.0)
         assert result.get(timeout=5) == "ok"
-    assert runs == [0, 1]
+    assert runs == [1, 2]
     assert result.status == "SUCCESS"
 
 
@@ -198,7 +198,7 @@ def test_current_task_describes_the_running_task(memory_app: App) -> None:
             id=result.id,
             name="shop.place_order",
             queue="orders",
-            attempt=0,
+            attempt=1,
             retries_left=4,
             idempotency_key="order:o-1",
             headers={"trace_id": "abc"},
@@ -218,7 +218,7 @@ def test_current_task_counts_attempts_and_retries_left(leaping_app: App) -> None
 
     result = flaky.delay()
     leaping_app.Worker().drain(timeout=5)
-    assert seen == [(0, 2), (1, 1), (2, 0)]
+    assert seen == [(1, 2), (2, 1), (3, 0)]
     assert result.status == "DEAD"
 
 
