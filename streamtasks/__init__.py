@@ -10,6 +10,8 @@ def place_order(order_id: str, qty: int) -> dict: ...
 place_order.delay("o-1", 2).get(timeout=5)
 """
 
+import importlib.metadata
+
 from streamtasks.app import App
 from streamtasks.context import TaskContext, current_task
 from streamtasks.errors import (
@@ -17,6 +19,7 @@ from streamtasks.errors import (
     ConfigurationError,
     DecodeError,
     EncodeError,
+    IdempotencyConflict,
     Reject,
     Retry,
     StreamTasksError,
@@ -28,6 +31,11 @@ from streamtasks.result import AsyncResult
 from streamtasks.task import Task
 from streamtasks.worker import Worker
 
+try:
+    __version__ = importlib.metadata.version("streamtasks-queue")
+except importlib.metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "App",
     "AsyncResult",
@@ -35,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
+    "IdempotencyConflict",
     "Reject",
     "Retry",
     "StreamTasksError",

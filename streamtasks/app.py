@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from streamtasks import retrying
 from streamtasks.broker import Broker
+from streamtasks.codec import Codec
 from streamtasks.connection import connect, resolve_url
 from streamtasks.deadletters import DeadLetters
 from streamtasks.errors import ConfigurationError
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class App:
@@ -62,6 +66,8 @@ class App:
         self.enqueue_timeout = enqueue_timeout
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: How arguments and results are encoded; `register_type` adds to it.
+        self.codec = Codec()
         self.outage = Outage(f"app {name}")
         self._broker: Broker | None = None
         self._keys: dict[str, QueueKeys] = {}
@@ -112,6 +118,7 @@ class App:
         autoretry_for: Iterable[type[BaseException]] = (),
         visibility_timeout: float | None = None,
         idempotency_key: Callable[..., str] | None = None,
+        release_key_on_failure: bool = True,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -136,11 +143,20 @@ class App:
             "autoretry_for",
             "visibility_timeout",
             "idempotency_key",
+            "release_key_on_failure",
         }
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+        if fn.__module__ == "__main__" and not options.get("name"):
+            warnings.warn(
+                f"task {name!r} is defined in the script being run, so it is named after "
+                "__main__; a worker importing your app finds it under its module's name, or not "
+                "at all. Define tasks in a module the worker imports (-A module:app), or give "
+                "the task a name: @app.task(name=...)",
+                stacklevel=3,
+            )
         if name in self.tasks:
             raise ConfigurationError(f"a task named {name!r} is already registered")
         visibility = options.get("visibility_timeout")
@@ -165,10 +181,37 @@ class App:
                 retry=retry,
                 visibility_timeout=visibility,
                 idempotency_key=options.get("idempotency_key"),
+                release_key_on_failure=options.get("release_key_on_failure", True),
             ),
         )
         self.tasks[name] = task
         return task
+
+    def register_type(
+        self,
+        cls: type[T],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Let arguments and results be instances of `cls`: sent as `encode(instance)` (anything
+        streamtasks can send), rebuilt with `decode`. `name` (default module.qualname) is what a
+        worker looks the type up by, so producers and workers must both register it::
+
+            app.register_type(Money, lambda m: [m.cents, m.currency], lambda v: Money(*v))
+        """
+        self.codec.register(cls, encode, decode, name=name)
+
+    def release_key(self, key: str, *, queue: str | None = None) -> bool:
+        """Free an idempotency key of `queue` (default: the default queue) now, so the next
+        enqueue with it runs a new task; True if the key was held."""
+        keys = self.keys(self.check_queue(queue or self.default_queue))
+        return retrying.call(
+            lambda: self.broker.release(keys, key),
+            self.outage,
+            give_up_after=self.enqueue_timeout,
+        )
 
     def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """A handle on a task enqueued earlier, by id (and queue, when not the default)."""

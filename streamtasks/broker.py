@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 #: What settle() says of each record.
 REFUSED, SETTLED, GONE = 0, 1, 2
+#: What enqueue() says: added; not added, the key names this same call; not added, the key names
+#: another call.
+DUPLICATE, ENQUEUED, CONFLICT = 0, 1, 2
+
+#: The oldest Redis streamtasks runs on: XAUTOCLAIM, ZRANGE BYSCORE and XPENDING IDLE came in 6.2.
+MIN_REDIS = (6, 2)
 
 #: Idle time given to an entry that is handed back, so any worker's next reclaim pass takes it.
 HANDED_BACK_IDLE_MS = 10**12
@@ -68,6 +75,16 @@ def _load_script(name: str) -> str:
     return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
+class Claim(NamedTuple):
+    """An idempotency key an enqueue claims for a call: the key as the app names it, the call's
+    fingerprint, how long the key holds, and whether a failed run keeps it for all that time."""
+
+    key: str
+    fingerprint: str
+    ttl_ms: int
+    keep_on_failure: bool = False
+
+
 class SettleRecord(NamedTuple):
     """One finished run to apply: see settle.lua for the meaning of each slot."""
 
@@ -79,11 +96,30 @@ class SettleRecord(NamedTuple):
     data: bytes = b""
     idempotency_key: str | None = None
     extra: bytes | str = b""
+    task_id: str = ""
 
     @property
     def is_plain_ack(self) -> bool:
         """An ack with nothing else to write, sent as a bare id."""
         return self.action == "a" and self.result_key is None and self.idempotency_key is None
+
+
+class ServerInfo(NamedTuple):
+    """What the server says it is: `redis`, `valkey` (any Valkey speaks Redis 7.2), or
+    `fakeredis` in tests, and its version."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name.capitalize()} {self.version}"
+
+    @property
+    def supported(self) -> bool:
+        if self.name != "redis":
+            return True
+        numbers = tuple(int(part) for part in re.findall(r"\d+", self.version)[:2])
+        return numbers >= MIN_REDIS
 
 
 class Buried(NamedTuple):
@@ -130,38 +166,66 @@ class Broker:
         # redis-py types replies as a union of every shape a command could return; the methods
         # below know each reply's shape, so they read replies through an untyped handle.
         self._r: Any = client
+        self.server: ServerInfo | None = None  # known once `check_server` has asked
         self._scripts = {
             name: client.register_script(_load_script(name))
             for name in ("enqueue", "settle", "promote", "reclaim", "lease", "prune", "replay")
         }
+
+    # -- the server ------------------------------------------------------------------------
+
+    @_translating
+    def check_server(self) -> ServerInfo:
+        """Ask the server what it is, once; ConfigurationError if it is too old to run on (a
+        Redis before 6.2 would silently break delayed tasks and recovery)."""
+        if self.server is None:
+            server = self._hello()
+            if not server.supported:
+                raise ConfigurationError(
+                    f"streamtasks needs Redis {'.'.join(map(str, MIN_REDIS))} or newer (or "
+                    f"Valkey); this server is {server}"
+                )
+            self.server = server
+        return self.server
+
+    def _hello(self) -> ServerInfo:
+        try:
+            found = self._r.execute_command("HELLO")
+        except redis.ResponseError:  # before Redis 6.0
+            info = self._r.info("server")
+            return ServerInfo("redis", str(info.get("redis_version", "0")))
+        if isinstance(found, list):  # RESP2 replies with a flat list
+            found = dict(zip(found[::2], found[1::2], strict=True))
+        reply = {_s(k): v for k, v in found.items()}
+        return ServerInfo(_s(reply.get("server", b"redis")), _s(reply.get("version", b"0")))
 
     # -- producing -------------------------------------------------------------------------
 
     @_translating
     def add(self, keys: QueueKeys, fields: Fields) -> str:
         """Append a message now: one XADD, the fast path."""
+        if self.server is None:
+            self.check_server()
         return _s(self._r.xadd(keys.stream, fields))
 
     @_translating
     def add_many(
-        self,
-        keys: QueueKeys,
-        batch: Sequence[tuple[str, Fields, str | None]],
-        idempotency_ttl_ms: int,
-    ) -> list[str]:
-        """Append many messages (task id, fields, idempotency key or None) in one round trip;
-        a keyed one goes through enqueue.lua. Returns the task ids, the first task's for a key
-        already taken."""
+        self, keys: QueueKeys, batch: Sequence[tuple[str, Fields, Claim | None]]
+    ) -> list[tuple[str, int]]:
+        """Append many messages (task id, fields, idempotency claim or None) in one round trip;
+        a keyed one goes through enqueue.lua. For each, what `enqueue` returns."""
+        if self.server is None:
+            self.check_server()
         pipe = self._r.pipeline(transaction=False)
-        for task_id, fields, key in batch:
-            if key is None:
+        for task_id, fields, claim in batch:
+            if claim is None:
                 pipe.xadd(keys.stream, fields)
             else:
-                self._enqueue_script(keys, task_id, fields, 0, key, idempotency_ttl_ms, pipe)
+                self._enqueue_script(keys, task_id, fields, 0, claim, pipe)
         replies = pipe.execute()
         return [
-            task_id if key is None else _s(reply[0])
-            for (task_id, _, key), reply in zip(batch, replies, strict=True)
+            (task_id, ENQUEUED) if claim is None else (_s(reply[0]), int(reply[1]))
+            for (task_id, _, claim), reply in zip(batch, replies, strict=True)
         ]
 
     @_translating
@@ -172,14 +236,14 @@ class Broker:
         fields: Fields,
         *,
         due_ms: int = 0,
-        idempotency_key: str | None = None,
-        idempotency_ttl_ms: int = 0,
-    ) -> tuple[str, bool]:
-        """Enqueue now or at `due_ms`, at most once per idempotency key; (task id, created)."""
-        found_id, created = self._enqueue_script(
-            keys, task_id, fields, due_ms, idempotency_key, idempotency_ttl_ms, self._r
-        )
-        return _s(found_id), bool(created)
+        claim: Claim | None = None,
+    ) -> tuple[str, int]:
+        """Enqueue now or at `due_ms`, at most once per idempotency key: (the task id, ENQUEUED),
+        or the id the key names already with DUPLICATE (same call) or CONFLICT (another call)."""
+        if self.server is None:
+            self.check_server()
+        found_id, code = self._enqueue_script(keys, task_id, fields, due_ms, claim, self._r)
+        return _s(found_id), int(code)
 
     def _enqueue_script(
         self,
@@ -187,18 +251,26 @@ class Broker:
         task_id: str,
         fields: Fields,
         due_ms: int,
-        key: str | None,
-        ttl_ms: int,
+        claim: Claim | None,
         client: Any,
     ) -> Any:
         """Call enqueue.lua on `client` (the connection, or a pipeline to queue it on)."""
-        # Without a key the script ignores its third key; the stream stands in (same slot).
-        ikey = keys.stream if key is None else keys.idempotency(key)
+        key_args: list[Any] = [0, "", 0]
+        # Without a claim the script ignores its third key; the stream stands in (same slot).
+        ikey = keys.stream
+        if claim is not None:
+            ikey = keys.idempotency(claim.key)
+            key_args = [claim.ttl_ms, claim.fingerprint, int(claim.keep_on_failure)]
         return self._scripts["enqueue"](
             keys=[keys.stream, keys.delayed, ikey, keys.wake],
-            args=[task_id, due_ms, 0 if key is None else ttl_ms, *flatten(fields)],
+            args=[task_id, due_ms, *key_args, *flatten(fields)],
             client=client,
         )
+
+    @_translating
+    def release(self, keys: QueueKeys, key: str) -> bool:
+        """Forget an idempotency key, so the next enqueue with it runs a new task."""
+        return bool(self._r.delete(keys.idempotency(key)))
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -243,12 +315,16 @@ class Broker:
             self._create_group(stream)
 
     @_translating
-    def done_flags(self, idempotency_keys: Sequence[str]) -> list[bool]:
-        """For each idempotency hash, whether a run with that key already completed."""
+    def done_flags(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (idempotency hash, task id), whether a run of that task with that key
+        already completed."""
         pipe = self._r.pipeline(transaction=False)
-        for key in idempotency_keys:
-            pipe.hget(key, "done")
-        return [flag is not None for flag in pipe.execute()]
+        for key, _ in claims:
+            pipe.hmget(key, "id", "done")
+        return [
+            found == [task_id.encode(), b"1"]
+            for (_, task_id), found in zip(claims, pipe.execute(), strict=True)
+        ]
 
     @_translating
     def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[int]:
@@ -270,7 +346,17 @@ class Broker:
             if r.idempotency_key is not None:
                 extra_keys.append(r.idempotency_key)
                 ikey = 4 + len(extra_keys)
-            args += [r.entry_id, r.action, rkey, r.result_ttl_ms, r.status, r.data, ikey, r.extra]
+            args += [
+                r.entry_id,
+                r.action,
+                r.task_id,
+                rkey,
+                r.result_ttl_ms,
+                r.status,
+                r.data,
+                ikey,
+                r.extra,
+            ]
         settle_keys = [keys.stream, keys.dead, keys.delayed, keys.wake, *extra_keys]
         try:
             applied = self._scripts["settle"](keys=settle_keys, args=args)
@@ -352,6 +438,7 @@ class Broker:
             result_ttl_ms,
             pack(dead),
             count if limit is None else limit,
+            keys.idempotency_prefix,
         ]
         for name, timeout in timeouts_ms.items():
             args += [name, timeout]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,6 +27,20 @@ _memory_lock = threading.Lock()
 
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("STREAMTASKS_URL") or DEFAULT_URL
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced by ***, fit for a log line."""
+    parts = urlsplit(url)
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if not parts.password and query == parts.query:
+        return url
+    if parts.password:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    # urlunsplit writes unix:///path as unix:/path; put the empty authority back.
+    text = urlunsplit(parts._replace(query=query))
+    return text if parts.netloc else text.replace(":", "://", 1)
 
 
 def connect(url: str) -> redis.Redis:

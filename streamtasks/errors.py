@@ -7,6 +7,7 @@
     ├── EncodeError (TypeError) arguments msgpack cannot encode, or a message too large
     ├── DecodeError             a stream entry that is not a valid streamtasks message
     ├── BrokerUnavailable       Redis could not be reached (after retrying with backoff)
+    ├── IdempotencyConflict     an idempotency key already names a different call
     ├── TaskError               the task ran and failed, or was dead-lettered
     ├── TimeoutError            AsyncResult.get() waited longer than its timeout
     └── TaskControl             raised inside a task to steer what happens next
@@ -40,6 +41,20 @@ class DecodeError(StreamTasksError):
 
 class BrokerUnavailable(StreamTasksError, builtins.ConnectionError):
     """Redis did not answer, even after retrying with backoff."""
+
+
+class IdempotencyConflict(StreamTasksError):
+    """An enqueue reused an idempotency key that already names a different call (another task,
+    or other arguments); nothing was enqueued. `key` is the key, `task_id` the first task's id."""
+
+    def __init__(self, key: str, task_id: str):
+        super().__init__(
+            f"idempotency key {key!r} already names task {task_id}, a different call (another "
+            "task or other arguments); nothing was enqueued. A key stands for one call: give "
+            "this call a key of its own"
+        )
+        self.key = key
+        self.task_id = task_id
 
 
 class TaskError(StreamTasksError):

@@ -63,5 +63,10 @@ class QueueKeys:
     def result(self, task_id: str) -> str:
         return self.result_prefix + task_id
 
+    @cached_property
+    def idempotency_prefix(self) -> str:
+        """What an idempotency key is appended to for its record (reclaim.lua builds them so)."""
+        return f"{self._base}:idem:"
+
     def idempotency(self, key: str) -> str:
-        return f"{self._base}:idem:{key}"
+        return self.idempotency_prefix + key

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import msgpack
-
+from streamtasks.codec import Codec
 from streamtasks.errors import DecodeError, EncodeError
 
 SCHEMA_VERSION = "2"
@@ -41,27 +40,22 @@ class Message(NamedTuple):
     idempotency_key: str | None = None
 
 
+#: The built-in types only, for what streamtasks writes itself (errors, dead-letter records).
+BUILT_IN = Codec()
+
+
 def pack(obj: Any) -> bytes:
-    """msgpack-encode, turning msgpack's own complaint into EncodeError."""
-    try:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+    """msgpack bytes of a value made of built-in types; EncodeError if it has others."""
+    return BUILT_IN.pack(obj)
 
 
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return BUILT_IN.unpack(data)
 
 
-def encode(message: Message, max_bytes: int | None = None) -> Fields:
+def encode(message: Message, codec: Codec = BUILT_IN, max_bytes: int | None = None) -> Fields:
     """The stream fields of a message; raises EncodeError when it cannot be sent."""
-    call = pack(
-        {
-            "args": list(message.args),
-            "kwargs": dict(message.kwargs),
-            "headers": dict(message.headers),
-        }
-    )
+    call = codec.pack_call(message.args, message.kwargs, message.headers)
     if max_bytes is not None and len(call) > max_bytes:
         raise EncodeError(
             f"message for {message.task} is {len(call)} bytes, over the limit of {max_bytes}; "
@@ -90,7 +84,7 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
         raise DecodeError(f"field {name.decode()!r} is not UTF-8") from None
 
 
-def decode(fields: Mapping[bytes, bytes]) -> Message:
+def decode(fields: Mapping[bytes, bytes], codec: Codec = BUILT_IN) -> Message:
     """Parse stream fields into a Message, or raise DecodeError saying what is wrong."""
     version = fields.get(b"schema_version")
     if version != _V2 and version != _V1:
@@ -103,9 +97,9 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
     if raw_call is None:
         raise DecodeError("missing field 'call'")
     try:
-        call = unpack(raw_call)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"field 'call' is not msgpack: {exc}") from None
+        call = codec.unpack(raw_call)
+    except DecodeError as exc:
+        raise DecodeError(f"field 'call': {exc}") from None
     if not isinstance(call, dict):
         raise DecodeError("field 'call' must be a msgpack map")
     args, kwargs, headers = call.get("args", []), call.get("kwargs", {}), call.get("headers", {})

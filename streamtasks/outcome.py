@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streamtasks.broker import SettleRecord
+from streamtasks.codec import Codec
 from streamtasks.errors import DecodeError, EncodeError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import SCHEMA_VERSION, Message, decode, flatten, netstring, pack
@@ -42,11 +43,13 @@ class Delivery:
         entry_id: str,
         fields: dict[bytes, bytes],
         tasks: Mapping[str, Task[Any, Any]],
+        codec: Codec,
     ) -> Delivery:
         try:
-            message = decode(fields)
+            message = decode(fields, codec)
         except DecodeError as exc:
-            return cls(keys, entry_id, fields, None, None, ErrorInfo("DecodeError", str(exc), ""))
+            problem = ErrorInfo("DecodeError", str(exc), "")
+            return cls(keys, entry_id, fields, _named(fields), None, problem)
         task = tasks.get(message.task)
         if task is None:
             problem = ErrorInfo("UnknownTask", _unknown(message.task, tasks), "")
@@ -65,6 +68,15 @@ class Delivery:
     def attempt(self) -> int:
         """Which run of the task this is, the first being 1."""
         return self.message.attempt if self.message else 1
+
+
+def _named(fields: Mapping[bytes, bytes]) -> Message | None:
+    """What can be read of an entry that cannot be run: its task id and name, if they are text,
+    so its producer still gets a DEAD result and the log names the task."""
+    try:
+        return Message(fields[b"id"].decode(), fields[b"task"].decode())
+    except (KeyError, UnicodeDecodeError):
+        return None
 
 
 def _unknown(name: str, tasks: Mapping[str, Task[Any, Any]]) -> str:
@@ -129,6 +141,7 @@ def record_for(
     d: Delivery,
     outcome: Outcome,
     *,
+    codec: Codec,
     worker: str,
     now: float,
     result_ttl: float,
@@ -147,27 +160,22 @@ def record_for(
         return Settle(d, SettleRecord(d.entry_id, "a"), "SUCCESS", outcome)  # a plain ack
     rkey = _result_key(d)
     ttl_ms = int(result_ttl * 1000)
+    key = d.message.idempotency_key if d.message else None
+    ikey = None if key is None else d.keys.idempotency(key)
     if isinstance(outcome, Succeeded):
         try:
-            data = pack(outcome.value) if rkey is not None else b""
+            data = codec.pack(outcome.value, root="the result") if rkey is not None else b""
         except EncodeError as exc:
             outcome = Failed(ErrorInfo.of(exc))
         else:
-            key = d.message.idempotency_key if d.message else None
+            ikey_ttl = str(int(idempotency_ttl * 1000))
             record = SettleRecord(
-                d.entry_id,
-                "a",
-                rkey,
-                ttl_ms,
-                "SUCCESS",
-                data,
-                None if key is None else d.keys.idempotency(key),
-                str(int(idempotency_ttl * 1000)),
+                d.entry_id, "a", rkey, ttl_ms, "SUCCESS", data, ikey, ikey_ttl, d.task_id
             )
             return _late(d, record, "SUCCESS", outcome)
     if isinstance(outcome, Failed):
         data = pack(outcome.error.as_dict())
-        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data)
+        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data, ikey, "", d.task_id)
         return _late(d, record, "FAILURE", outcome)
     if isinstance(outcome, RetryLater):
         due_ms = int((now + outcome.delay) * 1000)
@@ -181,7 +189,7 @@ def record_for(
     assert isinstance(outcome, DeadLetter)
     data = pack(outcome.error.as_dict())
     extra = _dead_fields(d, outcome.error, worker, now)
-    record = SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, None, extra)
+    record = SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, ikey, extra, d.task_id)
     return _late(d, record, "DEAD", outcome)
 
 

@@ -10,7 +10,6 @@ from streamtasks import retrying
 from streamtasks.broker import Entry
 from streamtasks.connection import MAX_BLOCK
 from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
-from streamtasks.message import unpack
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -71,9 +70,9 @@ class AsyncResult(Generic[R]):
                 after = entry_id
                 status = fields[b"status"].decode()
                 if status == SUCCESS:
-                    return unpack(fields[b"data"])  # type: ignore[no-any-return]
+                    return self.app.codec.unpack(fields[b"data"])  # type: ignore[no-any-return]
                 if status in (FAILURE, DEAD):
-                    error: dict[str, Any] = unpack(fields[b"data"])
+                    error: dict[str, Any] = self.app.codec.unpack(fields[b"data"])
                     raise TaskError(error["type"], error["message"], error["traceback"], status)
             if left is not None and left <= 0:
                 raise TimeoutError(f"task {self.id} not ready after {timeout}s")

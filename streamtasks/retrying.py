@@ -25,11 +25,14 @@ class Outage:
         self._since: float | None = None
         self._lock = threading.Lock()
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, *, logged: bool = False) -> None:
+        """Redis did not answer; `logged`: the caller has said so in its own words."""
         with self._lock:
             if self._since is not None:
                 return
             self._since = time.monotonic()
+        if logged:
+            return
         log.warning(
             "%s: Redis unreachable (%s); retrying with backoff",
             self.who,

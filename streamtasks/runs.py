@@ -48,6 +48,7 @@ def execute(
         settle = record_for(
             d,
             decide(task.options.retry, message.attempt, exc, value),
+            codec=app.codec,
             worker=worker,
             now=now,
             result_ttl=app.result_ttl,
@@ -58,6 +59,7 @@ def execute(
         settle = record_for(
             d,
             Failed(ErrorInfo.of(error)),
+            codec=app.codec,
             worker=worker,
             now=now,
             result_ttl=app.result_ttl,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from streamtasks import retrying
-from streamtasks.errors import ConfigurationError
-from streamtasks.message import Message, encode
+from streamtasks.broker import CONFLICT, Claim
+from streamtasks.calls import Signature
+from streamtasks.errors import ConfigurationError, IdempotencyConflict
+from streamtasks.message import Fields, Message, encode
 from streamtasks.policy import RetryPolicy
 from streamtasks.result import AsyncResult
 
@@ -36,6 +39,7 @@ class TaskOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     visibility_timeout: float | None = None
     idempotency_key: Callable[..., str] | None = None
+    release_key_on_failure: bool = True
 
 
 class Task(Generic[P, R]):
@@ -45,6 +49,7 @@ class Task(Generic[P, R]):
         self.app = app
         self.fn = fn
         self.options = options
+        self.signature = Signature(fn, options.name)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -63,7 +68,8 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Enqueue a call with these arguments; one round trip to Redis."""
+        """Enqueue a call with these arguments; one round trip to Redis. Arguments the function
+        cannot take raise TypeError here, and nothing is enqueued."""
         return self.apply_async(args, kwargs)
 
     def apply_async(
@@ -78,27 +84,26 @@ class Task(Generic[P, R]):
         headers: Mapping[str, Any] | None = None,
     ) -> AsyncResult[R]:
         """Enqueue with options: another queue, a delay (`countdown` seconds or an aware `eta`),
-        an idempotency key (a second enqueue with the same key returns the first task's result),
-        headers carried to `current_task().headers`."""
+        an idempotency key, headers carried to `current_task().headers`.
+
+        A second enqueue with the same idempotency key returns the first task's result when the
+        call is the same, and raises IdempotencyConflict when it is not; a key whose task failed
+        or was dead-lettered is free again (unless the task says `release_key_on_failure=False`).
+        """
+        args = tuple(args)
         kwargs = dict(kwargs or {})
-        if idempotency_key is None and self.options.idempotency_key is not None:
-            idempotency_key = self.options.idempotency_key(*args, **kwargs)
-        if idempotency_key is not None:
-            idempotency_key = _checked_key(idempotency_key)
+        self.signature.check(args, kwargs)
+        key = self._key(args, kwargs, idempotency_key)
         message = Message(
-            new_id(),
-            self.name,
-            tuple(args),
-            kwargs,
-            dict(headers or {}),
-            idempotency_key=idempotency_key,
+            new_id(), self.name, args, kwargs, dict(headers or {}), idempotency_key=key
         )
-        fields = encode(message, self.app.max_message_bytes)
+        fields = encode(message, self.app.codec, self.app.max_message_bytes)
+        claim = None if key is None else self._claim(key, args, kwargs)
         queue = self.queue if queue is None else self.app.check_queue(queue)
         keys = self.app.keys(queue)
         due_ms = self._due_ms(countdown, eta)
         broker = self.app.broker
-        if idempotency_key is None and due_ms == 0:
+        if claim is None and due_ms == 0:
             retrying.call(
                 lambda: broker.add(keys, fields),
                 self.app.outage,
@@ -106,50 +111,69 @@ class Task(Generic[P, R]):
             )
             task_id = message.id
         else:
-            task_id, _ = retrying.call(
-                lambda: broker.enqueue(
-                    keys,
-                    message.id,
-                    fields,
-                    due_ms=due_ms,
-                    idempotency_key=idempotency_key,
-                    idempotency_ttl_ms=int(self.app.idempotency_ttl * 1000),
-                ),
+            task_id, code = retrying.call(
+                lambda: broker.enqueue(keys, message.id, fields, due_ms=due_ms, claim=claim),
                 self.app.outage,
                 give_up_after=self.app.enqueue_timeout,
             )
+            if code == CONFLICT and claim is not None:
+                raise IdempotencyConflict(claim.key, task_id)
         return AsyncResult(self.app, task_id, queue, ignore_result=self.options.ignore_result)
+
+    def release_key(self, key: str) -> bool:
+        """Free an idempotency key of this task's queue now, so the next enqueue with it runs a
+        new task; True if the key was held. A run of the earlier task that is still queued or
+        running goes on, and no longer marks the key."""
+        return self.app.release_key(key, queue=self.queue)
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None) -> str | None:
+        """The idempotency key of this call: the one given, else the task's, if any."""
+        if key is None and self.options.idempotency_key is not None:
+            key = self.options.idempotency_key(*args, **kwargs)
+        return None if key is None else _checked_key(key)
+
+    def _claim(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Claim:
+        """The key with the fingerprint of the call it stands for (its encoding checked)."""
+        call = self.app.codec.canonical([self.name, self.signature.canonical(args, kwargs)])
+        return Claim(
+            key,
+            hashlib.blake2b(call, digest_size=16).hexdigest(),
+            int(self.app.idempotency_ttl * 1000),
+            keep_on_failure=not self.options.release_key_on_failure,
+        )
 
     def map(self, items: Iterable[Any]) -> list[AsyncResult[R]]:
         """Enqueue one call per item, the item as its only argument, in one round trip."""
         return self.starmap((item,) for item in items)
 
     def starmap(self, arg_tuples: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
-        """Enqueue one call per tuple of positional arguments, in one round trip."""
+        """Enqueue one call per tuple of positional arguments, in one round trip; every call is
+        checked before any is sent. A key that names another call raises IdempotencyConflict
+        once the batch is sent: the other calls were enqueued, and sending the same batch again
+        returns their results."""
         keys = self.app.keys(self.queue)
-        max_bytes = self.app.max_message_bytes
-        key_of = self.options.idempotency_key
-        messages = [
-            Message(
-                new_id(),
-                self.name,
-                tuple(args),
-                idempotency_key=None if key_of is None else _checked_key(key_of(*args)),
-            )
-            for args in arg_tuples
-        ]
-        batch = [(m.id, encode(m, max_bytes), m.idempotency_key) for m in messages]
-        ids: list[str] = []
+        calls = [tuple(args) for args in arg_tuples]
+        for args in calls:
+            self.signature.check(args, {})
+        batch: list[tuple[str, Fields, Claim | None]] = []
+        for args in calls:
+            key = self._key(args, {}, None)
+            message = Message(new_id(), self.name, args, idempotency_key=key)
+            fields = encode(message, self.app.codec, self.app.max_message_bytes)
+            batch.append((message.id, fields, None if key is None else self._claim(key, args, {})))
+        found: list[tuple[str, int]] = []
         if batch:
-            ttl_ms = int(self.app.idempotency_ttl * 1000)
-            ids = retrying.call(
-                lambda: self.app.broker.add_many(keys, batch, ttl_ms),
+            found = retrying.call(
+                lambda: self.app.broker.add_many(keys, batch),
                 self.app.outage,
                 give_up_after=self.app.enqueue_timeout,
             )
+        for (_, _, claim), (task_id, code) in zip(batch, found, strict=True):
+            if code == CONFLICT and claim is not None:
+                raise IdempotencyConflict(claim.key, task_id)
         return [
             AsyncResult(self.app, task_id, self.queue, ignore_result=self.options.ignore_result)
-            for task_id in ids
+            for task_id, _ in found
         ]
 
     def _due_ms(self, countdown: float | None, eta: dt.datetime | None) -> int:

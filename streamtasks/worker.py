@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import streamtasks
 from streamtasks import retrying
 from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
-from streamtasks.connection import MAX_BLOCK
+from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.context import TaskContext
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
@@ -49,6 +50,9 @@ _SETTLE_BATCH = 500
 # finishing close together share one: a settle costs about what a task making one Redis call does.
 _SETTLE_LINGER = 0.002
 _STOP: Any = object()
+# Trying to reach Redis at start: first again after this long, doubling to at most the other.
+_FIRST_RETRY = 0.5
+_MOST_BETWEEN_TRIES = 30.0
 _worker_numbers = itertools.count()
 
 
@@ -80,6 +84,7 @@ class Worker:
         reclaim_interval: float = 0.5,
         promote_interval: float = 1.0,
         prune_idle: float = 3600.0,
+        startup_timeout: float | None = None,
     ):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -100,6 +105,7 @@ class Worker:
         self.reclaim_interval = reclaim_interval
         self.promote_interval = promote_interval
         self.prune_idle = prune_idle
+        self.startup_timeout = startup_timeout
         self._keys = {app.keys(q).stream: app.keys(q) for q in self.queues}
         self._timeouts_ms = {
             t.name: int(t.options.visibility_timeout * 1000)
@@ -142,6 +148,12 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._serve(until_idle=True, deadline=deadline)
 
+    @property
+    def running(self) -> int:
+        """How many tasks are running now."""
+        with self._changed:
+            return sum(1 for d in self._held.values() if d.started and not d.finished)
+
     def stop(self) -> None:
         """Stop reading; in-flight tasks finish (within shutdown_timeout) and are acked."""
         self._stop.set()
@@ -156,20 +168,23 @@ class Worker:
         self._crashed = None
         # Checked once, not per task: the per-task line is the hot path's only logging.
         self._log_each = log.isEnabledFor(logging.INFO)
-        log.info(
-            "worker %s serving %s with %d threads",
-            self.name,
-            ", ".join(self.queues),
-            self.concurrency,
-            extra={"worker": self.name},
-        )
         timed_out = False
         self._until_idle = until_idle
         self._ended = threading.Event()
         try:
+            self._introduce()
+            if not self._connect():
+                return
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
             self._recover_own()
             self._start_threads()
+            log.info(
+                "worker %s serving %s with %d threads",
+                self.name,
+                ", ".join(self.queues),
+                self.concurrency,
+                extra={"worker": self.name},
+            )
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             timed_out = not self._stop.wait(wait)
         except BrokerUnavailable:
@@ -186,6 +201,68 @@ class Worker:
             )
         if timed_out:
             raise TimeoutError(f"queues {self.queues} not drained in time")
+
+    def _introduce(self) -> None:
+        """Say who this worker is and what it will run, before anything can go wrong."""
+        extra = {"worker": self.name}
+        log.info(
+            "streamtasks %s worker %s: %d threads, Redis at %s",
+            streamtasks.__version__,
+            self.name,
+            self.concurrency,
+            masked(self.app.url),
+            extra=extra,
+        )
+        tasks = sorted(
+            (t for t in self.app.tasks.values() if t.queue in self.queues), key=lambda t: t.name
+        )
+        log.info(
+            "tasks: %s",
+            ", ".join(f"{t.name} ({t.queue})" for t in tasks) or "none registered",
+            extra=extra,
+        )
+        for name in self.queues:
+            if not any(t.queue == name for t in tasks):
+                log.warning(
+                    "queue %s has no registered task: whatever is sent there is dead-lettered "
+                    "as UnknownTask (is the app imported with all its task modules?)",
+                    name,
+                    extra={**extra, "queue": name},
+                )
+
+    def _connect(self) -> bool:
+        """Reach Redis and check its version. While it does not answer, warn with the cause and
+        try again with backoff, warning at most every 30 s; BrokerUnavailable once
+        `startup_timeout` has passed. False if stopped meanwhile."""
+        began = time.monotonic()
+        pause = _FIRST_RETRY
+        while True:
+            try:
+                server = self.app.broker.check_server()
+            except BrokerUnavailable as exc:
+                waited = time.monotonic() - began
+                if self.startup_timeout is not None and waited >= self.startup_timeout:
+                    raise BrokerUnavailable(
+                        f"Redis at {masked(self.app.url)} did not answer within "
+                        f"{self.startup_timeout:g}s: {exc}"
+                    ) from exc
+                if self.startup_timeout is not None:
+                    pause = min(pause, self.startup_timeout - waited)
+                log.warning(
+                    "Redis at %s does not answer (%s); trying again in %.1fs",
+                    masked(self.app.url),
+                    exc,
+                    pause,
+                    extra={"worker": self.name},
+                )
+                self.outage.failed(exc, logged=True)
+                if self._stop.wait(pause):
+                    return False
+                pause = min(_MOST_BETWEEN_TRIES, pause * 2)
+                continue
+            self.outage.recovered()
+            log.info("connected to %s", server, extra={"worker": self.name})
+            return True
 
     def _thread(self, loop: Callable[[], None], role: str) -> threading.Thread:
         """A worker thread that, should streamtasks itself fail in it, stops the whole worker
@@ -449,7 +526,8 @@ class Worker:
         """Hold fetched entries and send each to the pool, or settle it at once if it cannot run;
         `wake=False` leaves waking executors for them to the caller. Entries that arrive after
         their run `ended` are left pending in Redis, for redelivery."""
-        deliveries = [Delivery.parse(keys, eid, fields, self.app.tasks) for eid, fields in entries]
+        tasks, codec = self.app.tasks, self.app.codec
+        deliveries = [Delivery.parse(keys, eid, fields, tasks, codec) for eid, fields in entries]
         with self._changed:
             if ended.is_set():
                 return
@@ -461,7 +539,7 @@ class Worker:
         if keyed:
             flags = self._io(
                 lambda: self.app.broker.done_flags(
-                    [keys.idempotency(d.message.idempotency_key) for d in keyed]  # type: ignore[union-attr, arg-type]
+                    [(keys.idempotency(d.message.idempotency_key), d.task_id) for d in keyed]  # type: ignore[union-attr, arg-type]
                 )
             )
             done = {id(d) for d, flag in zip(keyed, flags, strict=True) if flag}
@@ -558,6 +636,7 @@ class Worker:
         return record_for(
             d,
             outcome,
+            codec=self.app.codec,
             worker=self.name,
             now=self.app.clock(),
             result_ttl=self.app.result_ttl,

@@ -5,9 +5,11 @@
 -- KEYS: stream, dlq
 -- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
 --       this consumer's own entries, whatever their idle time), now ms, result key prefix,
---       result ttl ms, DEAD result data, most entries to claim, then task name, timeout ms, ...
--- A dead-lettered entry's DEAD result goes to prefix .. task id: a key the script builds, which
--- shares the queue's hash tag with KEYS and so lives on the same cluster slot.
+--       result ttl ms, DEAD result data, most entries to claim, idempotency key prefix, then
+--       task name, timeout ms, ...
+-- A dead-lettered entry's DEAD result goes to prefix .. task id, and its idempotency key is freed
+-- as a settled dead letter's is: keys the script builds, which share the queue's hash tag with
+-- KEYS and so live on the same cluster slot.
 -- Returns {next cursor ('-' when the scan wrapped), {id, fields, ...},
 --          {task id, task name, attempt, deliveries, ...} of each entry dead-lettered}.
 -- Copy entry `id` of `stream` to `dlq` with the failure fields appended.
@@ -29,7 +31,7 @@ local group, me, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local max_deliveries, default_timeout, own = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 local timeouts = {}
 local limit = tonumber(ARGV[12])
-for i = 13, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 14, #ARGV, 2 do timeouts[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local pending = redis.call('XPENDING', KEYS[1], group, cursor, '+', count)
 local claimed, dead, last = {}, {}, nil
 for _, p in ipairs(pending) do
@@ -63,6 +65,9 @@ for _, p in ipairs(pending) do
           local rkey = ARGV[9] .. f.id
           redis.call('XADD', rkey, '*', 'status', 'DEAD', 'data', ARGV[11])
           redis.call('PEXPIRE', rkey, ARGV[10])
+          if f.idempotency_key then
+            idempotency_ended(ARGV[13] .. f.idempotency_key, f.id, false, 0)
+          end
         end
         for _, v in ipairs({f.id or id, f.task or '?', tostring(attempt), tostring(deliveries)}) do
           dead[#dead + 1] = v

@@ -2,16 +2,19 @@
 -- KEYS: stream, dlq, delayed zset, wake stream, then the result and idempotency keys the records
 --   point at
 -- ARGV: group, consumer, n, then n entry ids to ack plainly (no result, no key: the fast path),
---   then records of 8:
---   entry id | action | result key index | result ttl ms | status | data | idem key index | extra
--- action: 'a' ack (and mark the idempotency key done; extra = its ttl ms)
+--   then records of 9:
+--   entry id | action | task id | result key index | result ttl ms | status | data |
+--   idem key index | extra
+-- action: 'a' ack; the status says how the run ended: a SUCCESS marks the idempotency key done
+--             (extra = its ttl ms), a FAILURE frees it (see idempotency_ended in lib.lua)
 --         'r' retry later (extra = "due ms:netstring of the new entry's fields")
---         'd' dead-letter (extra = netstring of the fields of the dead-letter entry)
+--         'd' dead-letter (extra = netstring of the fields of the dead-letter entry); frees the
+--             idempotency key as a FAILURE does
 --         'e' ack on receipt (acks_late=False): XACK and XDEL; the worker keeps the fields
 --         'A', 'R', 'D': as above for an entry acked on receipt, so not fenced and only deleted
 -- Returns one integer per entry, plain ids first: 1 applied; 0 refused because another consumer
 -- owns the entry now (or the same id came earlier in this batch: an entry is settled once);
--- 2 a success whose entry is gone (see below): its result and key were recorded, nothing acked.
+-- 2 an ack whose entry is gone (see below): its result and key were recorded, nothing acked.
 local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
 local plain = tonumber(ARGV[3])
 local out, acks, dels, seen = {}, {}, {}, {}
@@ -29,22 +32,19 @@ for i = 4, 3 + plain do
     out[#out + 1] = 0
   end
 end
--- A successful run's result and idempotency mark.
-local function record(rkey, ttl, status, data, ikey, ikey_ttl)
-  if ikey > 0 then
-    redis.call('HSET', KEYS[ikey], 'done', '1')
-    if redis.call('PTTL', KEYS[ikey]) < 0 then redis.call('PEXPIRE', KEYS[ikey], ikey_ttl) end
-  end
+-- A finished run's result, and what it means for its idempotency key.
+local function record(task, rkey, ttl, status, data, ikey, ikey_ttl)
+  if ikey > 0 then idempotency_ended(KEYS[ikey], task, status == 'SUCCESS', ikey_ttl) end
   if rkey > 0 then
     redis.call('XADD', KEYS[rkey], '*', 'status', status, 'data', data)
     redis.call('PEXPIRE', KEYS[rkey], ttl)
   end
 end
-for i = 4 + plain, #ARGV, 8 do
-  local id, action = ARGV[i], ARGV[i + 1]
-  local rkey, ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local status, data = ARGV[i + 4], ARGV[i + 5]
-  local ikey, extra = tonumber(ARGV[i + 6]), ARGV[i + 7]
+for i = 4 + plain, #ARGV, 9 do
+  local id, action, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local rkey, ttl = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local status, data = ARGV[i + 5], ARGV[i + 6]
+  local ikey, extra = tonumber(ARGV[i + 7]), ARGV[i + 8]
   local acked = action == 'A' or action == 'R' or action == 'D'
   local act = string.lower(action)
   local holder = me
@@ -55,7 +55,7 @@ for i = 4 + plain, #ARGV, 8 do
     -- Pending nowhere and gone from the stream: Redis lost it, or another worker finished it.
     -- A successful run still records its result; a retry or dead letter could add a run, so not.
     if holder == false and act == 'a' and redis.call('XRANGE', stream, id, id)[1] == nil then
-      record(rkey, ttl, status, data, ikey, tonumber(extra))
+      record(task, rkey, ttl, status, data, ikey, tonumber(extra))
       out[#out + 1] = 2
     else
       out[#out + 1] = 0
@@ -73,9 +73,11 @@ for i = 4 + plain, #ARGV, 8 do
       end
       if acked then dels[#dels + 1] = id else acks[#acks + 1] = id end
       if act == 'a' then
-        record(rkey, ttl, status, data, ikey, tonumber(extra))
-      elseif rkey > 0 then
-        record(rkey, ttl, status, data, 0, 0)
+        record(task, rkey, ttl, status, data, ikey, tonumber(extra))
+      elseif act == 'd' then
+        record(task, rkey, ttl, status, data, ikey, 0)
+      else
+        record(task, rkey, ttl, status, data, 0, 0)
       end
     end
     out[#out + 1] = 1

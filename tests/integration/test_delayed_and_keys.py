@@ -26,7 +26,7 @@ def test_concurrent_promoters_move_each_due_message_exactly_once(
 ) -> None:
     clock = ManualClock()
     producer = make_app(app_name, clock=clock)
-    task = producer.task(name="later")(lambda: None)
+    task = producer.task(name="later")(lambda n: None)
     sent = {task.apply_async((n,), countdown=10).id for n in range(300)}
     clock.advance(10)
     now_ms = int(clock() * 1000)

@@ -48,7 +48,7 @@ def test_a_consumer_whose_entry_was_reclaimed_cannot_settle_it(redis_app: App) -
 
 
 def test_a_fenced_settle_does_not_block_the_rest_of_its_batch(redis_app: App) -> None:
-    task = redis_app.task(name="ship")(lambda: None)
+    task = redis_app.task(name="ship")(lambda n: None)
     results = task.map(range(2))
     a, b = Consumer(redis_app, "worker-a"), Consumer(redis_app, "worker-b")
     lost, kept = a.read()
@@ -133,7 +133,7 @@ def test_a_poison_entry_goes_to_the_dead_letter_stream_after_max_deliveries(
     make_app: object, app_name: str
 ) -> None:
     app: App = make_app(app_name, max_deliveries=3)  # type: ignore[operator]
-    task = app.task(name="explodes")(lambda: None)
+    task = app.task(name="explodes")(lambda payload: None)
     result = task.delay("payload")
     deliveries = Counter[str]()
     first = Consumer(app, "w0")

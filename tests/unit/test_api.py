@@ -179,7 +179,7 @@ def test_a_closed_port_raises_broker_unavailable_within_the_enqueue_timeout(app_
 
 def test_every_enqueue_path_translates_an_unreachable_redis(app_name: str) -> None:
     app = App(app_name, url=f"redis://127.0.0.1:{free_port()}/0", enqueue_timeout=0.2)
-    task = app.task(name="t")(lambda: None)
+    task = app.task(name="t")(lambda *numbers: None)
     calls = [
         lambda: task.apply_async(countdown=5),
         lambda: task.apply_async(idempotency_key="k"),

@@ -90,7 +90,7 @@ def test_an_attempt_below_1_is_refused() -> None:
 
 
 def test_a_call_that_is_not_msgpack_is_refused() -> None:
-    with pytest.raises(DecodeError, match="not msgpack"):
+    with pytest.raises(DecodeError, match="field 'call': not valid msgpack"):
         decode(valid_fields(call=b"\xc1\xc1\xc1"))
 
 
