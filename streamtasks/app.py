@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import threading
 import time
 import warnings
@@ -26,6 +29,24 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+def load_app(target: str) -> App:
+    """The App that `module:attribute` names (attribute `app` if left out), importing the module
+    with the current directory on the path, as `streamtasks worker -A` does."""
+    module_name, _, attribute = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import module {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise ConfigurationError(
+            f"{module_name!r} has no streamtasks App named {attribute or 'app'!r}"
+        )
+    return app
 
 
 class App:

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import redis
 
-from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
+from streamtasks.errors import BrokerUnavailable, ConfigurationError, DecodeError, StreamTasksError
 from streamtasks.keys import GROUP, QueueKeys
-from streamtasks.message import Fields, flatten, pack
+from streamtasks.message import Fields, flatten, pack, unnetstring
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,14 @@ class SettleRecord(NamedTuple):
 
 
 class ServerInfo(NamedTuple):
-    """What the server says it is: `redis`, `valkey` (any Valkey speaks Redis 7.2), or
-    `fakeredis` in tests, and its version."""
+    """What the server says it is, `redis` or `valkey` (any Valkey speaks Redis 7.2 or later),
+    or `fakeredis` for memory://, and its version."""
 
     name: str
     version: str
 
     def __str__(self) -> str:
-        return f"{self.name.capitalize()} {self.version}"
+        return f"{self.name.capitalize()} {self.version}".rstrip()
 
     @property
     def supported(self) -> bool:
@@ -179,7 +179,7 @@ class Broker:
         """Ask the server what it is, once; ConfigurationError if it is too old to run on (a
         Redis before 6.2 would silently break delayed tasks and recovery)."""
         if self.server is None:
-            server = self._hello()
+            server = self._server_info()
             if not server.supported:
                 raise ConfigurationError(
                     f"streamtasks needs Redis {'.'.join(map(str, MIN_REDIS))} or newer (or "
@@ -188,16 +188,16 @@ class Broker:
             self.server = server
         return self.server
 
-    def _hello(self) -> ServerInfo:
+    def _server_info(self) -> ServerInfo:
+        # INFO, not HELLO: redis-py 8 reads a HELLO reply as a protocol switch, which leaves a
+        # fakeredis client misreading every later stream reply.
         try:
-            found = self._r.execute_command("HELLO")
-        except redis.ResponseError:  # before Redis 6.0
             info = self._r.info("server")
-            return ServerInfo("redis", str(info.get("redis_version", "0")))
-        if isinstance(found, list):  # RESP2 replies with a flat list
-            found = dict(zip(found[::2], found[1::2], strict=True))
-        reply = {_s(k): v for k, v in found.items()}
-        return ServerInfo(_s(reply.get("server", b"redis")), _s(reply.get("version", b"0")))
+        except redis.ResponseError:  # fakeredis (memory://) has no INFO
+            return ServerInfo("fakeredis", "")
+        name = str(info.get("server_name") or "redis")
+        version = info.get(f"{name}_version") or info.get("redis_version") or "0"
+        return ServerInfo(name, str(version))
 
     # -- producing -------------------------------------------------------------------------
 
@@ -463,6 +463,33 @@ class Broker:
         idle = HANDED_BACK_IDLE_MS if hand_back else 0
         lost = self._scripts["lease"](keys=[keys.stream], args=[GROUP, consumer, idle, *ids])
         return {_s(i) for i in lost}
+
+    @_translating
+    def take_over(self, keys: QueueKeys, consumer: str, ids: Sequence[str], idle_ms: int) -> None:
+        """Give pending entries to `consumer` with this idle time, whoever holds them, without
+        counting a delivery: as if their lease ran out and another worker took them
+        (streamtasks.testing's fault injection; workers reclaim through `reclaim`)."""
+        if ids:
+            self._r.xclaim(keys.stream, GROUP, consumer, 0, list(ids), idle=idle_ms, justid=True)
+
+    @_translating
+    def waiting(self, keys: QueueKeys) -> list[Entry]:
+        """The entries in a queue's stream, oldest first: not yet read, or read and unsettled."""
+        return [(_s(eid), f) for eid, f in self._r.xrange(keys.stream)]
+
+    @_translating
+    def delayed(self, keys: QueueKeys) -> list[tuple[int, dict[bytes, bytes]]]:
+        """The delayed messages of a queue, soonest first: (due ms, fields); a member that is not
+        a message (someone else's) has its bytes under `raw`, as promote would send it."""
+        found = []
+        for blob, due in self._r.zrange(keys.delayed, 0, -1, withscores=True):
+            try:
+                values = unnetstring(blob)
+                fields = dict(zip(values[::2], values[1::2], strict=True))
+            except (DecodeError, ValueError):
+                fields = {b"raw": blob}
+            found.append((int(due), fields))
+        return found
 
     @_translating
     def prune(self, keys: QueueKeys, consumer: str, idle_ms: int) -> int:

@@ -21,7 +21,8 @@ MAX_BLOCK = 5.0
 #: Outlasts MAX_BLOCK, so a read that is merely waiting is never mistaken for a dead connection.
 SOCKET_TIMEOUT = 15.0
 
-_memory_servers: dict[str, Any] = {}
+# memory:// servers by name: the fakeredis server, and the connection class its clients use.
+_memory_servers: dict[str, tuple[Any, type | None]] = {}
 _memory_lock = threading.Lock()
 
 
@@ -74,17 +75,32 @@ def _client(url: str) -> redis.Redis:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
 
 
-def _memory_client(url: str) -> redis.Redis:
+def _fakeredis() -> Any:
     try:
         import fakeredis
     except ImportError:
         raise ConfigurationError(
             "memory:// needs fakeredis with Lua: pip install 'fakeredis[lua]'"
         ) from None
+    return fakeredis
+
+
+def _memory_client(url: str) -> redis.Redis:
+    fakeredis = _fakeredis()
     name = urlsplit(url).netloc or "default"
     with _memory_lock:
-        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
-    return fakeredis.FakeRedis(server=server)
+        server, connection_class = _memory_servers.setdefault(name, (fakeredis.FakeServer(), None))
+    if connection_class is None:
+        return fakeredis.FakeRedis(server=server)  # type: ignore[no-any-return]
+    return fakeredis.FakeRedis(server=server, connection_class=connection_class)  # type: ignore[no-any-return]
+
+
+def fresh_memory(name: str, connection_class: type | None = None) -> None:
+    """Give memory://NAME a new, empty server; its clients are built on `connection_class`, a
+    fakeredis connection class, when one is given (streamtasks.testing injects faults so)."""
+    server = _fakeredis().FakeServer()
+    with _memory_lock:
+        _memory_servers[name] = (server, connection_class)
 
 
 def reset_memory(name: str = "default") -> None:

@@ -137,6 +137,22 @@ def netstring(values: list[bytes | str]) -> bytes:
     return bytes(out)
 
 
+def unnetstring(blob: bytes) -> list[bytes]:
+    """The values `netstring` joined; DecodeError if `blob` is not a list of netstrings."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        colon = blob.find(b":", pos)
+        if colon < 0 or not blob[pos:colon].isdigit():
+            raise DecodeError("not a list of netstrings")
+        end = colon + 1 + int(blob[pos:colon])
+        if end > len(blob):
+            raise DecodeError("a netstring runs past the end")
+        out.append(blob[colon + 1 : end])
+        pos = end
+    return out
+
+
 def flatten(fields: Mapping[Any, Any]) -> list[Any]:
     """A field map as the flat field, value, ... list XADD and netstrings take."""
     return [item for pair in fields.items() for item in pair]

@@ -11,16 +11,62 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from streamtasks.broker import SETTLED, Buried
 from streamtasks.context import TaskContext, _current
-from streamtasks.outcome import Delivery, Settle, record_for
+from streamtasks.outcome import Delivery, Settle, early_ack, record_for
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, decide
 
 if TYPE_CHECKING:
     from streamtasks.app import App
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def context_of(d: Delivery, worker: str) -> TaskContext:
+    """What `current_task()` says inside the run of `d`."""
+    retries = d.options.retry.max_retries if d.options else 0
+    return TaskContext(
+        id=d.task_id,
+        name=d.task_name,
+        queue=d.keys.queue,
+        attempt=d.attempt,
+        retries_left=max(0, retries + 1 - d.attempt),
+        idempotency_key=d.message.idempotency_key if d.message else None,
+        headers=d.message.headers if d.message else {},
+        worker=worker,
+    )
+
+
+class Io(Protocol):
+    """Makes one Redis call, riding out outages as its caller's policy says."""
+
+    def __call__(self, call: Callable[[], T], /) -> T: ...
+
+
+def begin(d: Delivery, app: App, worker: str, io: Io) -> bool:
+    """What comes before a run: the ack of a task acked on receipt (False: another worker owns
+    the entry now, so it must not run here) and the STARTED status of one that tracks it."""
+    options = d.options
+    assert options is not None
+    if not options.acks_late:
+        (acked,) = io(partial(app.broker.settle, d.keys, worker, [early_ack(d)]))
+        if acked != SETTLED:
+            log.warning(
+                "%s[%s] was taken over by another worker before it started; not run here",
+                d.task_name,
+                d.task_id,
+                extra={"task_id": d.task_id, "worker": worker},
+            )
+            return False
+    if options.track_started and not options.ignore_result:
+        key, ttl_ms = d.keys.result(d.task_id), int(app.result_ttl * 1000)
+        io(partial(app.broker.write_status, key, "STARTED", ttl_ms))
+    return True
 
 
 def execute(
@@ -126,6 +172,26 @@ def report(
         )
     else:
         log.info("%s[%s] %s in %.4fs", d.task_name, d.task_id, settle.status, took, extra=extra)
+
+
+def report_buried(buried: Buried, queue: str, *, worker: str) -> None:
+    """Log an entry reclaim dead-lettered after a worker died on each of its deliveries."""
+    log.error(
+        "%s[%s] dead-lettered on attempt %d: delivered %d times without finishing; a worker "
+        "died on each (MaxDeliveriesExceeded)",
+        buried.task,
+        buried.task_id,
+        buried.attempt,
+        buried.deliveries,
+        extra={
+            "task_id": buried.task_id,
+            "task": buried.task,
+            "queue": queue,
+            "attempt": buried.attempt,
+            "outcome": "DEAD",
+            "worker": worker,
+        },
+    )
 
 
 def _iso(timestamp: float) -> str:

@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import streamtasks
 from streamtasks import retrying
-from streamtasks.broker import GONE, REFUSED, SETTLED, Entry, Reclaimed
+from streamtasks.broker import GONE, REFUSED, Entry, Reclaimed
 from streamtasks.connection import MAX_BLOCK, masked
-from streamtasks.context import TaskContext
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
-from streamtasks.outcome import Delivery, Settle, early_ack, record_for, skipped
+from streamtasks.outcome import Delivery, Settle, record_for, skipped
 from streamtasks.policy import DeadLetter, Outcome
-from streamtasks.runs import execute, report
+from streamtasks.runs import begin, context_of, execute, report, report_buried
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -502,22 +501,7 @@ class Worker:
             )
             self._accept(keys, found.entries, ended)
         for buried in found.dead:
-            log.error(
-                "%s[%s] dead-lettered on attempt %d: delivered %d times without finishing; a "
-                "worker died on each (MaxDeliveriesExceeded)",
-                buried.task,
-                buried.task_id,
-                buried.attempt,
-                buried.deliveries,
-                extra={
-                    "task_id": buried.task_id,
-                    "task": buried.task,
-                    "queue": keys.queue,
-                    "attempt": buried.attempt,
-                    "outcome": "DEAD",
-                    "worker": self.name,
-                },
-            )
+            report_buried(buried, keys.queue, worker=self.name)
         return found
 
     def _accept(
@@ -614,19 +598,13 @@ class Worker:
         message, task = d.message, d.task
         assert message is not None and task is not None
         d.started = True
-        if not task.options.acks_late and not self._ack_on_receipt(d):
+        if not begin(d, self.app, self.name, self._io):
             return None
-        if task.options.track_started and not task.options.ignore_result:
-            self._io(
-                lambda: self.app.broker.write_status(
-                    d.keys.result(message.id), "STARTED", int(self.app.result_ttl * 1000)
-                )
-            )
         settle, took = execute(
             d,
             self.app,
             worker=self.name,
-            context=partial(self._context, d),
+            context=partial(context_of, d, self.name),
             log_success=self._log_each,
         )
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
@@ -641,31 +619,6 @@ class Worker:
             now=self.app.clock(),
             result_ttl=self.app.result_ttl,
             idempotency_ttl=self.app.idempotency_ttl,
-        )
-
-    def _ack_on_receipt(self, d: Delivery) -> bool:
-        """acks_late=False: ack (fenced) before running; False if another worker owns it now."""
-        (acked,) = self._io(partial(self.app.broker.settle, d.keys, self.name, [early_ack(d)]))
-        if acked != SETTLED:
-            log.warning(
-                "%s[%s] was taken over by another worker before it started; not run here",
-                d.task_name,
-                d.task_id,
-                extra={"task_id": d.task_id},
-            )
-        return bool(acked == SETTLED)
-
-    def _context(self, d: Delivery) -> TaskContext:
-        retries = d.options.retry.max_retries if d.options else 0
-        return TaskContext(
-            id=d.task_id,
-            name=d.task_name,
-            queue=d.keys.queue,
-            attempt=d.attempt,
-            retries_left=max(0, retries + 1 - d.attempt),
-            idempotency_key=d.message.idempotency_key if d.message else None,
-            headers=d.message.headers if d.message else {},
-            worker=self.name,
         )
 
     # -- settling --------------------------------------------------------------------------

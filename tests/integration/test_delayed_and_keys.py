@@ -13,8 +13,9 @@ import pytest
 
 from streamtasks import App, AsyncResult, Retry, TaskError, current_task
 from streamtasks.message import Message, encode, flatten, netstring
+from streamtasks.testing import ManualClock
 from tests.redis_server import RedisServer
-from tests.unit.support import ManualClock, running, wait_until
+from tests.unit.support import running, wait_until
 
 
 class GatewayTimeout(Exception):

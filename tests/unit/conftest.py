@@ -9,7 +9,8 @@ import pytest
 
 from streamtasks import App
 from streamtasks.connection import reset_memory
-from tests.unit.support import LeapingClock, ManualClock
+from streamtasks.testing import ManualClock
+from tests.unit.support import LeapingClock
 
 
 @pytest.fixture

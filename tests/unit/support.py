@@ -1,5 +1,6 @@
-"""Helpers shared by the unit and integration tests: a clock tests move by hand, a worker running
-in a background thread, and a bounded wait for state that only Redis can report."""
+"""Helpers shared by the unit and integration tests: a clock that leaps, a worker running in a
+background thread, and a bounded wait for state that only Redis can report (the manual clock is
+streamtasks.testing's)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from streamtasks import App, Worker
-
-#: A fixed starting time for manual clocks: whole seconds, so due times in ms are exact.
-EPOCH = 1_700_000_000.0
-
-
-class ManualClock:
-    """A wall clock that only moves when the test says so (pass it as ``App(clock=...)``)."""
-
-    def __init__(self, now: float = EPOCH):
-        self.now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-    def set(self, now: float) -> None:
-        with self._lock:
-            self.now = now
+from streamtasks.testing import EPOCH
 
 
 class LeapingClock:

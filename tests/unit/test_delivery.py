@@ -14,7 +14,8 @@ import pytest
 from streamtasks import App, ConfigurationError, EncodeError, Retry, TaskError, current_task
 from streamtasks.broker import Claim
 from streamtasks.message import Message, encode
-from tests.unit.support import ManualClock, delayed_len, running, stream_len, wait_until
+from streamtasks.testing import ManualClock
+from tests.unit.support import delayed_len, running, stream_len, wait_until
 
 
 class GatewayTimeout(Exception):

@@ -18,7 +18,8 @@ from streamtasks import (
     current_task,
 )
 from streamtasks import TimeoutError as ResultTimeout
-from tests.unit.support import ManualClock, running
+from streamtasks.testing import ManualClock
+from tests.unit.support import running
 
 
 class GatewayTimeout(Exception):

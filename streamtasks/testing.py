@@ -1,0 +1,395 @@
+"""Testing helpers: a clock a test moves by hand, and a runner that runs an app's queued tasks
+one at a time in the calling thread, through the same fetch, run, decide and settle steps (the
+same Lua scripts) as a worker. The pytest plugin (`streamtasks` fixture) is built on these.
+
+    clock = ManualClock()
+    app = App("shop", url="memory://", clock=clock)
+    runner = Runner(app)
+    place_order.delay("o-1")
+    runner.drain()                  # runs it, and what it enqueues, and retries as they come due
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import redis
+
+from streamtasks.broker import HANDED_BACK_IDLE_MS, REFUSED, Entry
+from streamtasks.connection import fresh_memory, reset_memory
+from streamtasks.errors import DecodeError, StreamTasksError
+from streamtasks.keys import QueueKeys
+from streamtasks.message import decode
+from streamtasks.outcome import Delivery, Settle, record_for, skipped
+from streamtasks.policy import DeadLetter
+from streamtasks.runs import begin, context_of, execute, report, report_buried
+
+if TYPE_CHECKING:
+    from streamtasks.app import App
+    from streamtasks.task import Task
+
+__all__ = ["Enqueued", "Harness", "ManualClock", "Ran", "Runner"]
+
+log = logging.getLogger(__name__)
+
+#: A fixed starting time for manual clocks: whole seconds, so due times in ms are exact.
+EPOCH = 1_700_000_000.0
+# The consumer a lease-expiry fault hands an entry to, as if another worker had reclaimed it.
+_OTHER_WORKER = "streamtasks-testing-other-worker"
+
+
+class ManualClock:
+    """A wall clock that moves only when told to (pass it as ``App(clock=...)``)."""
+
+    def __init__(self, now: float = EPOCH):
+        self.now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+    def set(self, now: float) -> None:
+        with self._lock:
+            self.now = now
+
+
+class Ran(NamedTuple):
+    """One run the runner made: which task, its id, which attempt, and how it ended: SUCCESS,
+    FAILURE, RETRY, DEAD; SKIPPED (its idempotency key was done already); KILLED (it died as its
+    worker would); REFUSED (another worker had taken it over, so its outcome was not applied)."""
+
+    task: str
+    id: str
+    queue: str
+    attempt: int
+    status: str
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A call waiting in a queue: due now (`due` None) or at `due`; `attempt` 1 for a first run."""
+
+    task: str
+    id: str
+    queue: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempt: int
+    due: dt.datetime | None = None
+
+
+class Runner:
+    """Runs the queued tasks of `app` in this thread, one at a time, under one consumer name.
+
+    `drain()` first takes back what this consumer held when a run of it died (as a restarted
+    worker does), then runs everything due, moving the app's clock to each delayed task's due
+    time when `advance` is true (the app's clock must then be a ManualClock).
+    """
+
+    def __init__(self, app: App, queues: Iterable[str] | None = None, name: str = "test-worker"):
+        self.app = app
+        self.name = name
+        names = list(queues or app.queues or [app.default_queue])
+        self._keys = [app.keys(app.check_queue(q)) for q in names]
+        self._timeouts_ms = {
+            t.name: int(t.options.visibility_timeout * 1000)
+            for t in app.tasks.values()
+            if t.options.visibility_timeout is not None
+        }
+        self._kill: list[str | None] = []
+        self._expire: list[str | None] = []
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def kill_next(self, task: Task[Any, Any] | str | None = None) -> None:
+        """The next run of `task` (of any task, if None) dies as its worker would if killed
+        after the task's work but before its ack: nothing is recorded, the entry stays pending,
+        and the next `drain()` runs it again as a redelivery (its delivery count goes up, so
+        max_deliveries applies)."""
+        self._kill.append(_name(task))
+
+    def expire_lease_next(self, task: Task[Any, Any] | str | None = None) -> None:
+        """The next run of `task` loses its lease while it runs: another worker takes the entry
+        over, so this run's outcome is refused (fenced) and the entry runs again."""
+        self._expire.append(_name(task))
+
+    # -- running ---------------------------------------------------------------------------
+
+    def drain(self, *, advance: bool = True, max_runs: int = 10_000) -> list[Ran]:
+        """Run until nothing is due (nothing at all, with `advance`); the runs made, in order."""
+        for keys in self._keys:
+            self.app.broker.ensure_group(keys)
+        ran = self._recover()
+        while True:
+            one = self.run_one(reclaim=False)
+            if one is None:
+                due = self._next_due() if advance else None
+                if due is None:
+                    return ran
+                self._clock().set(max(self._clock()(), due / 1000))
+                continue
+            ran.append(one)
+            if len(ran) >= max_runs:
+                raise StreamTasksError(
+                    f"still running after {max_runs} runs: does a task enqueue itself forever?"
+                )
+
+    def run_one(self, *, reclaim: bool = True) -> Ran | None:
+        """Promote what is due, then run one entry: one this consumer held when a run of it died
+        (with `reclaim`), one another worker abandoned, or a new one; None if there is none."""
+        now_ms = int(self.app.clock() * 1000)
+        for keys in self._keys:
+            self.app.broker.ensure_group(keys)
+            self.app.broker.promote(keys, now_ms)
+        for keys in self._keys:
+            found, _ = self._reclaim(keys, own=reclaim)
+            if found:
+                return self._run(keys, found[0])
+        streams = [k.stream for k in self._keys]
+        for stream, entries in self.app.broker.read(streams, self.name, 1, None):
+            keys = next(k for k in self._keys if k.stream == stream)
+            return self._run(keys, entries[0])
+        return None
+
+    # -- looking -------------------------------------------------------------------------
+
+    def enqueued(
+        self, task: Task[Any, Any] | str | None = None, queue: str | None = None
+    ) -> list[Enqueued]:
+        """The calls waiting in the runner's queues (only `task`'s, only `queue`'s if given):
+        due now first, in order, then delayed ones by due time."""
+        wanted = _name(task)
+        found: list[Enqueued] = []
+        for keys in self._keys:
+            if queue is not None and keys.queue != queue:
+                continue
+            now = [(None, fields) for _, fields in self.app.broker.waiting(keys)]
+            for due_ms, fields in [*now, *self.app.broker.delayed(keys)]:
+                try:
+                    m = decode(fields, self.app.codec)
+                except DecodeError:
+                    continue  # garbage is no call; a run dead-letters it
+                if wanted is None or m.task == wanted:
+                    due = None
+                    if due_ms is not None:
+                        due = dt.datetime.fromtimestamp(due_ms / 1000, dt.timezone.utc)
+                    found.append(
+                        Enqueued(m.task, m.id, keys.queue, m.args, dict(m.kwargs), m.attempt, due)
+                    )
+        return found
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _clock(self) -> ManualClock:
+        clock = self.app.clock
+        if not isinstance(clock, ManualClock):
+            raise StreamTasksError(
+                "drain(advance=True) moves the app's clock to delayed tasks' due times: give the "
+                "app a streamtasks.testing.ManualClock, or drain(advance=False)"
+            )
+        return clock
+
+    def _next_due(self) -> int | None:
+        dues = [self.app.broker.promote(k, int(self.app.clock() * 1000))[1] for k in self._keys]
+        known = [d for d in dues if d is not None]
+        return min(known) if known else None
+
+    def _recover(self) -> list[Ran]:
+        """One pass over what this consumer held: a run killed now waits for the next drain."""
+        ran: list[Ran] = []
+        for keys in self._keys:
+            cursor = "-"
+            while True:
+                found, cursor = self._reclaim(keys, own=True, cursor=cursor, limit=100)
+                ran.extend(self._run(keys, entry) for entry in found)
+                if cursor == "-":
+                    break
+        return ran
+
+    def _reclaim(
+        self, keys: QueueKeys, *, own: bool, cursor: str = "-", limit: int = 1
+    ) -> tuple[list[Entry], str]:
+        found = self.app.broker.reclaim(
+            keys,
+            self.name,
+            cursor=cursor,
+            count=100,
+            max_deliveries=self.app.max_deliveries,
+            default_timeout_ms=int(self.app.visibility_timeout * 1000),
+            timeouts_ms=self._timeouts_ms,
+            own=own,
+            now_ms=int(self.app.clock() * 1000),
+            result_ttl_ms=int(self.app.result_ttl * 1000),
+            limit=limit,
+        )
+        for buried in found.dead:
+            report_buried(buried, keys.queue, worker=self.name)
+        return found.entries, found.cursor
+
+    def _run(self, keys: QueueKeys, entry: Entry) -> Ran:
+        app = self.app
+        d = Delivery.parse(keys, entry[0], entry[1], app.tasks, app.codec)
+        if d.problem is not None:
+            settle = record_for(
+                d,
+                DeadLetter(d.problem),
+                codec=app.codec,
+                worker=self.name,
+                now=app.clock(),
+                result_ttl=app.result_ttl,
+                idempotency_ttl=app.idempotency_ttl,
+            )
+            report(settle, 0.0, worker=self.name, now=app.clock())
+            return self._settle(settle)
+        assert d.message is not None
+        key = d.message.idempotency_key
+        if key is not None and app.broker.done_flags([(keys.idempotency(key), d.task_id)])[0]:
+            return self._settle(skipped(d))
+        d.started = True
+        if not begin(d, app, self.name, _call):
+            return _ran(d, "REFUSED")
+        kill, expire = self._armed(self._kill, d), self._armed(self._expire, d)
+        settle, _ = execute(
+            d,
+            app,
+            worker=self.name,
+            context=partial(context_of, d, self.name),
+            log_success=log.isEnabledFor(logging.INFO),
+        )
+        if kill:
+            log.warning("%s[%s] killed mid-run, as asked", d.task_name, d.task_id)
+            return _ran(d, "KILLED")
+        if expire:
+            app.broker.take_over(keys, _OTHER_WORKER, [d.entry_id], HANDED_BACK_IDLE_MS)
+        return self._settle(settle)
+
+    def _armed(self, faults: list[str | None], d: Delivery) -> bool:
+        for i, name in enumerate(faults):
+            if name is None or name == d.task_name:
+                del faults[i]
+                return True
+        return False
+
+    def _settle(self, settle: Settle) -> Ran:
+        d = settle.delivery
+        (code,) = self.app.broker.settle(d.keys, self.name, [settle.record])
+        if code == REFUSED:
+            log.warning(
+                "%s[%s] finished as %s but another worker took it over meanwhile; its outcome "
+                "was not applied",
+                d.task_name,
+                d.task_id,
+                settle.status,
+            )
+            return _ran(d, "REFUSED")
+        return _ran(d, settle.status)
+
+
+class Harness:
+    """`app` moved onto a fresh in-memory Redis of its own and a ManualClock set to now, with a
+    Runner and faults to inject, until `close()` puts it back; the pytest fixture `streamtasks`.
+    The app's real Redis is never touched meanwhile."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self._saved = (app.url, app.clock)
+        self._name = f"streamtasks-test-{os.urandom(6).hex()}"
+        self._down = _Countdown()
+        fresh_memory(self._name, _faulty_connection(self._down))
+        app.close()
+        app.url = f"memory://{self._name}"
+        self.clock = ManualClock(time.time())
+        app.clock = self.clock
+        self.runner = Runner(app)
+
+    def drain(self, *, advance: bool = True, max_runs: int = 10_000) -> list[Ran]:
+        """Run everything queued, and what it enqueues, and retries and delayed tasks as they
+        come due, moving the clock to each due time without sleeping (`advance=False`: only
+        what is due now); the runs made, in order."""
+        return self.runner.drain(advance=advance, max_runs=max_runs)
+
+    def enqueued(
+        self, task: Task[Any, Any] | str | None = None, queue: str | None = None
+    ) -> list[Enqueued]:
+        """The calls waiting to run, of one task or queue if given."""
+        return self.runner.enqueued(task, queue)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on; what comes due runs at the next drain()."""
+        self.clock.advance(seconds)
+
+    def kill_next(self, task: Task[Any, Any] | str | None = None) -> None:
+        """The next run of `task` dies as a killed worker's would (see Runner.kill_next)."""
+        self.runner.kill_next(task)
+
+    def expire_lease_next(self, task: Task[Any, Any] | str | None = None) -> None:
+        """The next run of `task` loses its lease while running (see Runner.expire_lease_next)."""
+        self.runner.expire_lease_next(task)
+
+    def redis_down(self, calls: int = 1) -> None:
+        """The next `calls` round trips to Redis fail as if it were unreachable; streamtasks
+        rides them out as it does a real outage (producers give up after enqueue_timeout)."""
+        self._down.set(calls)
+
+    def close(self) -> None:
+        self.app.close()
+        self.app.url, self.app.clock = self._saved
+        reset_memory(self._name)
+
+
+class _Countdown:
+    """How many more round trips fail."""
+
+    def __init__(self) -> None:
+        self._left = 0
+        self._lock = threading.Lock()
+
+    def set(self, n: int) -> None:
+        with self._lock:
+            self._left = n
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._left <= 0:
+                return False
+            self._left -= 1
+            return True
+
+
+def _faulty_connection(down: _Countdown) -> type:
+    """A fakeredis connection class whose round trips fail while `down` counts."""
+    import fakeredis
+
+    class FaultyConnection(fakeredis.FakeRedisConnection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if down.take():
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise redis.ConnectionError("Redis is down (streamtasks.testing redis_down)")
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    return FaultyConnection
+
+
+def _call(call: Any) -> Any:
+    return call()
+
+
+def _ran(d: Delivery, status: str) -> Ran:
+    return Ran(d.task_name, d.task_id, d.keys.queue, d.attempt, status)
+
+
+def _name(task: Task[Any, Any] | str | None) -> str | None:
+    return task if task is None or isinstance(task, str) else task.name
