@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import importlib
 import json
@@ -11,12 +12,14 @@ import select
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from streamtasks.app import App
+from streamtasks.deadletters import DeadLetter, DeadLetters, locate
 from streamtasks.errors import StreamTasksError
 from streamtasks.supervisor import SUPERVISED_ENV, supervise
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from streamtasks.worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# click >= 8.2 raises this for a group run without arguments; its message is the group's help.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def load_app(target: str) -> App:
@@ -77,7 +82,7 @@ def _queues(value: str | None) -> list[str] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="streamtasks")
+@click.version_option(package_name="streamtasks-queue")
 def main() -> None:
     """streamtasks: a task queue on Redis Streams."""
 
@@ -213,93 +218,249 @@ def _run_awake_to_signals(w: Worker) -> None:
 
 @main.group()
 def dlq() -> None:
-    """Inspect, replay and purge a queue's dead-letter stream."""
+    """Inspect, replay and purge dead-lettered messages: of every queue of the app, or of -Q."""
 
 
-QUEUE = click.option("-Q", "--queue", help="The queue (default: the app's default queue).")
+QUEUES = click.option(
+    "-Q",
+    "--queues",
+    "--queue",
+    "queues",
+    help="Comma-separated queues (default: every queue of the app).",
+)
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _app_queues(app: App) -> list[str]:
+    return app.queues or [app.default_queue]
+
+
+def _streams(app: App, url: str | None, queues: str | None) -> list[DeadLetters]:
+    app = _use_url(app, url)
+    chosen = _queues(queues) or _app_queues(app)
+    return [app.dead_letters(q) for q in dict.fromkeys(chosen)]
+
+
+def _searched(streams: list[DeadLetters]) -> str:
+    names = ", ".join(s.queue for s in streams)
+    return f"queue {names}" if len(streams) == 1 else f"queues {names}"
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _when(iso: str | None, now: float) -> str:
+    """`2026-12-01 21:55:11 UTC (4 min ago)` for a time as_dict() gives in ISO 8601."""
+    if iso is None:
+        return "-"
+    at = dt.datetime.fromisoformat(iso)
+    seconds = now - at.timestamp()
+    ago = "in the future" if seconds < 0 else f"{_span(seconds)} ago"
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC ({ago})"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{int(seconds // 86400)} days"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 60)} min" if seconds >= 60 else f"{int(seconds)} s"
+
+
+def _age(letter: DeadLetter) -> tuple[int, int]:
+    ms, _, seq = letter.id.partition("-")
+    return int(ms), int(seq)
 
 
 @dlq.command("list")
 @APP
-@QUEUE
+@QUEUES
 @URL
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @AS_JSON
-def dlq_list(app: App, queue: str | None, url: str | None, limit: int, as_json: bool) -> None:
+def dlq_list(app: App, queues: str | None, url: str | None, limit: int, as_json: bool) -> None:
     """List dead-lettered messages, oldest first."""
-    letters = _use_url(app, url).dead_letters(queue).list(limit)
+    streams = _streams(app, url, queues)
+    letters = sorted((d for s in streams for d in s.list(limit)), key=_age)[:limit]
+    views = [d.as_dict() for d in letters]
     if as_json:
-        click.echo(json.dumps([d.as_dict() for d in letters], indent=2, default=repr))
+        _echo_json(views)
         return
-    for d in letters:
-        click.echo(f"{d.id}  {d.task}  attempts={d.get('attempts') or '?'}  {d.reason[:120]}")
-    click.echo(f"{len(letters)} dead-lettered message(s)", err=True)
+    now = app.clock()
+    rows = [("id", "queue", "task", "attempts", "failed at", "error")]
+    for v in views:
+        attempts = "?" if v["attempts"] is None else str(v["attempts"])
+        error = " ".join(f"{v['error_type'] or '?'}: {v['error'] or ''}".split())  # one line
+        error = error if len(error) <= 100 else error[:97] + "..."
+        rows.append(
+            (v["id"], v["queue"], v["task"] or "?", attempts, _when(v["failed_at"], now), error)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)), row[5]]))
+    total = sum(len(s) for s in streams)
+    more = total > len(letters)
+    shown = f"{len(letters)} of {total}" if more else str(total)
+    hint = "; a larger --limit shows more" if more else ""
+    click.echo(f"{shown} dead-lettered message(s) in {_searched(streams)}{hint}", err=True)
 
 
 @dlq.command("show")
 @APP
-@QUEUE
+@QUEUES
 @URL
 @click.option("--id", "entry_id", required=True, help="The dead-letter entry id.")
 @AS_JSON
-def dlq_show(app: App, queue: str | None, url: str | None, entry_id: str, as_json: bool) -> None:
-    """Show one dead-lettered message in full."""
-    letter = _use_url(app, url).dead_letters(queue).get(entry_id)
+def dlq_show(app: App, queues: str | None, url: str | None, entry_id: str, as_json: bool) -> None:
+    """Show one dead-lettered message in full, from whichever queue holds it."""
+    streams = _streams(app, url, queues)
+    [(queue, _)] = _located(streams, [entry_id], refused="").items()
+    letter = next(s for s in streams if s.queue == queue).get(entry_id)
     if letter is None:
-        raise click.ClickException(f"no dead-lettered message {entry_id}")
-    data = letter.as_dict()
+        raise click.ClickException(f"dead-lettered message {entry_id} is gone (replayed or purged)")
+    view = letter.as_dict()
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=repr))
+        _echo_json(view)
         return
-    for key, value in data.items():
-        click.echo(f"{key}: {value}")
+    for line in _details(view, app.clock()):
+        click.echo(line)
 
 
-def _selection(entry_ids: tuple[str, ...], everything: bool) -> list[str] | None:
+def _details(view: dict[str, Any], now: float) -> list[str]:
+    """`show` for people: times human, the call as JSON, the traceback last and indented."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in view.items():
+        if key in ("failed_at", "replayed_at"):
+            pairs.append((key, _when(value, now)))
+        elif key == "call" and "undecodable" in (value or {}):
+            pairs.append(("call", f"undecodable: {value['undecodable']}"))
+        elif key == "call" and value is not None:
+            for part, data in value.items():
+                name = part if part in ("args", "kwargs", "headers") else f"call.{part}"
+                pairs.append((name, _compact(data)))
+        elif key == "fields":
+            pairs += [(f"fields.{name}", text) for name, text in value.items()]
+        elif key != "traceback":
+            pairs.append((key, "-" if value is None else str(value)))
+    width = max(len(key) for key, _ in pairs) + 2
+    lines = [f"{key + ':':<{width}}{value}" for key, value in pairs]
+    trace = (view["traceback"] or "").rstrip()
+    lines += ["traceback:", *("  " + line for line in trace.splitlines())] if trace else []
+    return lines
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _located(
+    streams: list[DeadLetters], entry_ids: Iterable[str], refused: str
+) -> dict[str, list[str]]:
+    """The ids by the queue whose dead-letter stream holds them; an id in none, or in several,
+    refuses the whole request before anything changes (`refused` says so)."""
+    found = locate(streams, entry_ids)
+    missing = [i for i, held_by in found.items() if not held_by]
+    if missing:
+        what = "message" if len(missing) == 1 else "messages"
+        raise click.ClickException(
+            f"no dead-lettered {what} {', '.join(missing)} in {_searched(streams)}{refused}"
+        )
+    for entry_id, held_by in found.items():
+        if len(held_by) > 1:
+            raise click.ClickException(
+                f"dead-lettered message {entry_id} is in several queues ({', '.join(held_by)}); "
+                f"choose one with -Q{refused}"
+            )
+    by_queue: dict[str, list[str]] = {}
+    for entry_id, (queue,) in found.items():
+        by_queue.setdefault(queue, []).append(entry_id)
+    return by_queue
+
+
+def _selection(
+    streams: list[DeadLetters], entry_ids: tuple[str, ...], everything: bool, refused: str
+) -> list[tuple[DeadLetters, list[str] | None]]:
+    """Each stream to act on, with its ids (None: all of them)."""
     if bool(entry_ids) == everything:
         raise click.UsageError("give --id ID (repeatable) or --all")
-    return None if everything else list(entry_ids)
+    if everything:
+        return [(s, None) for s in streams]
+    by_queue = _located(streams, entry_ids, refused)
+    return [(s, by_queue[s.queue]) for s in streams if s.queue in by_queue]
+
+
+def _summary(verb: str, counts: dict[str, int]) -> str:
+    per_queue = ", ".join(f"{n} from {q}" for q, n in counts.items() if n)
+    return f"{verb} {sum(counts.values())} message(s)" + (f": {per_queue}" if per_queue else "")
 
 
 @dlq.command("replay")
 @APP
-@QUEUE
+@QUEUES
 @URL
 @click.option("--id", "entry_ids", multiple=True, help="Entry id to replay (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Replay every dead-lettered message.")
 @AS_JSON
 def dlq_replay(
     app: App,
-    queue: str | None,
+    queues: str | None,
     url: str | None,
     entry_ids: tuple[str, ...],
     everything: bool,
     as_json: bool,
 ) -> None:
     """Re-enqueue dead-lettered messages with their attempts reset."""
-    done = _use_url(app, url).dead_letters(queue).replay(_selection(entry_ids, everything))
-    click.echo(json.dumps({"replayed": done}) if as_json else f"replayed {len(done)} message(s)")
+    streams = _streams(app, url, queues)
+    chosen = _selection(streams, entry_ids, everything, "; nothing was replayed")
+    done = {s.queue: s.replay(ids) for s, ids in chosen}
+    counts = {queue: len(ids) for queue, ids in done.items()}
+    if as_json:
+        _echo_json({"replayed": [i for ids in done.values() for i in ids], "queues": counts})
+    else:
+        click.echo(_summary("replayed", counts))
 
 
 @dlq.command("purge")
 @APP
-@QUEUE
+@QUEUES
 @URL
 @click.option("--id", "entry_ids", multiple=True, help="Entry id to delete (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Delete every dead-lettered message.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before purging --all.")
 @AS_JSON
 def dlq_purge(
     app: App,
-    queue: str | None,
+    queues: str | None,
     url: str | None,
     entry_ids: tuple[str, ...],
     everything: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
     """Delete dead-lettered messages for good."""
-    count = _use_url(app, url).dead_letters(queue).purge(_selection(entry_ids, everything))
-    click.echo(json.dumps({"purged": count}) if as_json else f"purged {count} message(s)")
+    streams = _streams(app, url, queues)
+    chosen = _selection(streams, entry_ids, everything, "; nothing was purged")
+    if everything and not yes:
+        _confirm_purge(streams)
+    counts = {s.queue: s.purge(ids) for s, ids in chosen}
+    if as_json:
+        _echo_json({"purged": sum(counts.values()), "queues": counts})
+    else:
+        click.echo(_summary("purged", counts))
+
+
+def _confirm_purge(streams: list[DeadLetters]) -> None:
+    counts = {s.queue: len(s) for s in streams}
+    total = sum(counts.values())
+    if not total:
+        return
+    per_queue = ", ".join(f"{n} in {q}" for q, n in counts.items() if n)
+    what = f"{total} dead-lettered message(s) ({per_queue})"
+    if not (sys.stdin and sys.stdin.isatty()):
+        # Nobody to ask: a script must say --yes, rather than purge on an empty stdin.
+        raise click.UsageError(f"purge --all would delete {what}; without a terminal, add --yes")
+    click.confirm(f"Delete {what} for good?", abort=True, err=True)
 
 
 @main.command()
@@ -310,7 +471,7 @@ def status(app: App, url: str | None, as_json: bool) -> None:
     """Backlog per queue: entries in the stream, pending on workers, delayed, dead-lettered."""
     app = _use_url(app, url)
     rows = []
-    for queue in app.queues or [app.default_queue]:
+    for queue in _app_queues(app):
         keys = app.keys(queue)
         length, pending, delayed = app.broker.backlog(keys)
         rows.append(
@@ -342,9 +503,28 @@ def demo(as_json: bool) -> None:
 
 
 def run() -> None:
-    """Entry point: StreamTasksError becomes a one-line message and exit status 1."""
+    """Entry point, and the one place failures are worded: `error: <message>` on stderr, exit 1;
+    a usage error prints the usage line first and exits 2."""
     try:
-        main(standalone_mode=True)
+        code = main(standalone_mode=False)
+    except click.UsageError as exc:
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # `streamtasks dlq` alone: the help, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.\n", err=True)
+        _fail(exc.format_message(), exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:  # a declined prompt, Ctrl-C or end of input at one
+        _fail("aborted", 1)
     except StreamTasksError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail(str(exc), 1)
+    # Without standalone mode click returns the code of an explicit exit (--help, --version).
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)

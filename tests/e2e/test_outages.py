@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(45)
 
 UNREACHABLE = r"worker \S+: Redis unreachable .*retrying with backoff"
 REACHABLE = r"worker \S+: Redis reachable again"
+STARTING_UNREACHABLE = r"WARNING .*Redis at \S+ does not answer \(.*\); trying again in"
 
 
 class Producer(threading.Thread):
@@ -76,7 +77,8 @@ def test_a_worker_started_before_redis_retries_then_serves(
 
     worker = scene.worker("--url", own_redis.url, ready=0)
 
-    worker.wait_for(UNREACHABLE)
+    [first] = worker.wait_for(STARTING_UNREACHABLE)
+    assert own_redis.url in first and "Connection refused" in first, "where, and why"
     assert worker.proc.poll() is None
     own_redis.start()
     worker.wait_for(REACHABLE, timeout=15)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
+from decimal import Decimal
+from typing import NamedTuple
+from uuid import UUID
+
+import msgpack
 import pytest
 
 from streamtasks import App, ConfigurationError, Reject, TaskError, current_task
+from streamtasks.deadletters import jsonable, locate
+from streamtasks.message import SCHEMA_VERSION
 from tests.unit.support import LeapingClock, stream_len
 
 
@@ -56,7 +66,7 @@ def test_replay_re_enqueues_with_attempts_reset_and_records_where_it_came_from(a
 
     result = charge.delay(42)
     app.Worker().drain(timeout=5)
-    assert runs == [(0, 2), (1, 1), (2, 0)]
+    assert runs == [(1, 2), (2, 1), (3, 0)]
     [dead] = app.dead_letters().list()
     assert dead.get("attempts") == "3"
 
@@ -70,7 +80,7 @@ def test_replay_re_enqueues_with_attempts_reset_and_records_where_it_came_from(a
     assert fields[b"id"] == result.id.encode(), "the same task id, so its AsyncResult still works"
 
     app.Worker().drain(timeout=5)
-    assert runs[3:] == [(0, 2)], "attempts were reset: the replay gets every retry again"
+    assert runs[3:] == [(1, 2)], "attempts were reset: the replay gets every retry again"
     assert result.status == "SUCCESS"
 
 
@@ -137,3 +147,132 @@ def test_replay_and_purge_refuse_ids_that_are_not_entry_ids_and_touch_nothing(
         letters.purge([good, "nope"])
     assert [d.id for d in letters.list()] == [good]
     assert memory_app.broker.client.xlen(memory_app.keys("default").stream) == 0
+
+
+def test_as_dict_is_the_json_view_counts_as_ints_and_times_in_iso_8601(app: App) -> None:
+    @app.task(name="charge", queue="payments", autoretry_for=(GatewayTimeout,), max_retries=2)
+    def charge(amount: int) -> None:
+        raise GatewayTimeout("gateway down")
+
+    result = charge.delay(42)
+    app.Worker(["payments"]).drain(timeout=5)
+    [dead] = app.dead_letters("payments").list()
+
+    view = dead.as_dict()
+
+    assert list(view) == [
+        *("id", "queue", "task", "task_id", "attempts", "error_type", "error", "traceback"),
+        *("failed_at", "worker", "origin_stream", "origin_id", "idempotency_key", "call"),
+        "fields",
+    ]
+    assert (view["id"], view["queue"], view["task"], view["task_id"]) == (
+        dead.id,
+        "payments",
+        "charge",
+        result.id,
+    )
+    assert view["attempts"] == 3, "an int: how many runs were made"
+    assert "attempt" not in view and "attempt" not in view["fields"]
+    failed_at = dt.datetime.fromisoformat(view["failed_at"])
+    assert failed_at.utcoffset() == dt.timedelta(0)
+    assert round(failed_at.timestamp() * 1000) == int(dead.get("failed_at"))
+    assert failed_at == dead.failed_at
+    assert view["call"] == {"args": [42], "kwargs": {}, "headers": {}}
+    assert view["idempotency_key"] is None
+    assert view["fields"] == {"schema_version": SCHEMA_VERSION}
+    assert json.loads(json.dumps(view)) == view, "plain JSON, nothing left to a default="
+
+
+def test_as_dict_of_a_replayed_message_that_died_again_says_where_it_came_from(app: App) -> None:
+    @app.task(name="ship")
+    def ship() -> None:
+        raise Reject("address missing")
+
+    ship.delay()
+    app.Worker().drain(timeout=5)
+    [first] = app.dead_letters().list()
+    app.dead_letters().replay([first.id])
+    app.Worker().drain(timeout=5)
+    [again] = app.dead_letters().list()
+
+    view = again.as_dict()
+
+    assert view["replayed_from"] == first.id
+    assert dt.datetime.fromisoformat(view["replayed_at"]).utcoffset() == dt.timedelta(0)
+    assert view["attempts"] == 1, "the replay started its attempts over"
+
+
+def test_as_dict_of_garbage_keeps_every_field_and_never_raises(app: App) -> None:
+    dlq = app.keys("default").dead
+    app.broker.client.xadd(
+        dlq,
+        {
+            b"\xff\xfe": b"\xff\x00",
+            b"attempts": b"many",
+            b"failed_at": b"soon",
+            b"call": b"\xc1",
+            b"error_type": b"DecodeError",
+        },
+        id="5-0",
+    )
+    app.broker.client.xadd(dlq, {b"call": msgpack.packb([1, 2])}, id="6-0")
+    garbage, listed = app.dead_letters().list()
+
+    view = garbage.as_dict()
+
+    assert (view["task"], view["attempts"], view["failed_at"]) == (None, None, None)
+    assert view["fields"] == {
+        "b'\\xff\\xfe'": "b'\\xff\\x00'",
+        "attempts": "many",
+        "failed_at": "soon",
+    }
+    assert view["call"]["undecodable"].startswith("not valid msgpack")
+    assert listed.as_dict()["call"] == {"undecodable": "a msgpack list, not a map"}
+    assert (garbage.task, garbage.reason, garbage.attempts) == ("?", "DecodeError: ", None)
+    json.dumps(view)
+
+
+def test_jsonable_makes_what_json_cannot_carry_readable() -> None:
+    class Money(NamedTuple):
+        cents: int
+
+    when = dt.datetime(2026, 12, 1, 21, 55, 11, tzinfo=dt.timezone.utc)
+    value = {
+        b"raw": [b"\x00", bytearray(b"a")],
+        7: ({3, 1, 2}, frozenset({"x"}), (1, 2)),
+        "when": [when, when.date(), when.time()],
+        "other": [Decimal("1.50"), UUID(int=1), dt.timedelta(hours=2), Money(5), math.nan],
+    }
+
+    assert jsonable(value) == {
+        "b'raw'": ["b'\\x00'", "bytearray(b'a')"],
+        "7": [[1, 2, 3], ["x"], [1, 2]],
+        "when": ["2026-12-01T21:55:11+00:00", "2026-12-01", "21:55:11"],
+        "other": [
+            "1.50",
+            "00000000-0000-0000-0000-000000000001",
+            "2:00:00",
+            "Money(cents=5)",
+            "nan",
+        ],
+    }
+
+
+def test_get_refuses_what_is_not_an_entry_id_instead_of_asking_redis(app: App) -> None:
+    letters = app.dead_letters()
+    for bad in ("nope", "1-x", "99999999999999999999-0", "1-99999999999999999999"):
+        with pytest.raises(ConfigurationError, match=r"not a stream entry id \(like"):
+            letters.get(bad)
+    assert letters.get("18446744073709551615-0") is None, "the largest id Redis takes"
+
+
+def test_locate_names_every_queue_holding_each_id(app: App) -> None:
+    for queue, entry_id in [("default", "5-0"), ("refunds", "5-0"), ("refunds", "6-0")]:
+        app.broker.client.xadd(app.keys(queue).dead, {"task": "t"}, id=entry_id)
+    streams = [app.dead_letters("default"), app.dead_letters("refunds")]
+
+    found = locate(streams, ["5-0", "6-0", "7-0", "6-0"])
+
+    assert found == {"5-0": ["default", "refunds"], "6-0": ["refunds"], "7-0": []}
+    with pytest.raises(ConfigurationError, match=r"not stream entry ids .*: x, y$"):
+        locate(streams, ["5-0", "x", "y"])
