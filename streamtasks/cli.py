@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import importlib
 import json
 import logging
 import os
@@ -18,10 +17,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from streamtasks.app import App
+from streamtasks.app import App, load_app
 from streamtasks.deadletters import DeadLetter, DeadLetters, locate
-from streamtasks.errors import StreamTasksError
-from streamtasks.supervisor import SUPERVISED_ENV, supervise
+from streamtasks.errors import ConfigurationError, StreamTasksError
+from streamtasks.supervisor import SUPERVISED_ENV, Signals, supervise
 
 if TYPE_CHECKING:
     from streamtasks.worker import Worker
@@ -29,23 +28,6 @@ if TYPE_CHECKING:
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # click >= 8.2 raises this for a group run without arguments; its message is the group's help.
 _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-def load_app(target: str) -> App:
-    """Import `module:attribute` (attribute defaults to `app`) and return the App it names."""
-    module_name, _, attribute = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
-    app = getattr(module, attribute or "app", None)
-    if not isinstance(app, App):
-        raise click.BadParameter(
-            f"{module_name!r} has no streamtasks App named {attribute or 'app'!r}"
-        )
-    return app
 
 
 class AppParam(click.ParamType):  # type: ignore[type-arg]
@@ -56,8 +38,8 @@ class AppParam(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return load_app(value)
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 APP = click.option(
@@ -122,10 +104,16 @@ def main() -> None:
 )
 @click.option(
     "--shutdown-timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
     help="Seconds in-flight tasks get to finish after SIGTERM before being handed back.",
+)
+@click.option(
+    "--startup-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Exit non-zero if Redis does not answer within this many seconds of starting "
+    "(default: keep trying, warning at most every 30 s).",
 )
 def worker(
     app: App,
@@ -136,19 +124,26 @@ def worker(
     name: str | None,
     loglevel: str,
     shutdown_timeout: float,
+    startup_timeout: float | None,
 ) -> None:
-    """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; a second one exits at once."""
+    """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; another one a second or more
+    later exits at once (two within a second count as one)."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     try:
         w = _use_url(app, url).Worker(
-            _queues(queues), concurrency, name=name, shutdown_timeout=shutdown_timeout
+            _queues(queues),
+            concurrency,
+            name=name,
+            shutdown_timeout=shutdown_timeout,
+            startup_timeout=startup_timeout,
         )
         app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:
         raise click.UsageError(str(exc)) from exc
     if processes > 1:
         sys.exit(supervise(sys.argv, processes, name))
-    stopping = False
+    log = logging.getLogger(__name__)
+    signals = Signals()
 
     # A supervised child takes orders from its supervisor only. A signal sent to the whole
     # process group (Ctrl-C, systemd's stop) reaches it twice, directly and forwarded, so it
@@ -156,16 +151,21 @@ def worker(
     supervised = os.environ.get(SUPERVISED_ENV) == "1"
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping:
+        heard = signals.heard()
+        if heard == Signals.REPEAT:
+            return
+        if heard == Signals.AGAIN:
             if supervised:
                 return
-            logging.getLogger(__name__).warning(
-                "second signal: exiting now, unfinished entries stay pending for another worker"
-            )
+            log.warning("exiting now: unfinished tasks stay pending and other workers run them")
             os._exit(128 + signum)
-        stopping = True
-        logging.getLogger(__name__).info("signal %d: finishing in-flight tasks", signum)
+        log.warning(
+            "stopping: waiting up to %gs for %d running task(s) to finish; %s again to exit at "
+            "once, leaving them to other workers",
+            w.shutdown_timeout,
+            w.running,
+            "Ctrl-C" if signum == signal.SIGINT else f"{signal.Signals(signum).name}",
+        )
         w.stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,26 @@ USAGE_ERROR = 2
 _RESTART_DELAY_MAX = 30.0
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _HEALTHY_AFTER = 60.0
+
+
+class Signals:
+    """Tells a first stop signal from a repeat: `timeout`, Ctrl-C on a terminal and systemd send
+    one to each process of the group, so two within `window` seconds count as one."""
+
+    FIRST, REPEAT, AGAIN = "first", "repeat", "again"
+
+    def __init__(self, window: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self._first: float | None = None
+
+    def heard(self) -> str:
+        """FIRST for the first signal, REPEAT for one within the window, AGAIN after it."""
+        now = self.clock()
+        if self._first is None:
+            self._first = now
+            return self.FIRST
+        return self.REPEAT if now - self._first < self.window else self.AGAIN
 
 
 def _child_argv(argv: list[str], name: str) -> list[str]:
@@ -61,6 +82,7 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
     delays = dict.fromkeys(names, 0.5)
     started: dict[str, float] = {}
     stopping = threading.Event()
+    signals = Signals()
     exit_code = 0
 
     def start(child: str) -> None:
@@ -72,11 +94,21 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Children take orders from here only: the first signal asks them to finish what runs,
-        # a second one here kills them; a repeat they receive themselves changes nothing.
-        escalate = stopping.is_set()
+        # another one here a second or more later kills them; a repeat they receive themselves
+        # changes nothing.
+        heard = signals.heard()
+        if heard == Signals.REPEAT:
+            return
+        escalate = heard == Signals.AGAIN
         stopping.set()
         if escalate:
-            log.warning("second signal: killing the workers; unfinished entries stay pending")
+            log.warning("killing the workers now: unfinished tasks stay pending for other workers")
+        else:
+            log.warning(
+                "stopping %d worker processes: they finish their running tasks; signal again "
+                "to kill them now",
+                len(children),
+            )
         for proc in children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL if escalate else signal.SIGTERM)

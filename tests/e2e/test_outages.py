@@ -84,3 +84,17 @@ def test_a_worker_started_before_redis_retries_then_serves(
     worker.wait_for(REACHABLE, timeout=15)
     assert scene.task("square").delay(12).get(timeout=10) == 144
     assert worker.proc.poll() is None
+
+
+def test_startup_timeout_exits_non_zero_when_redis_never_answers(
+    own_redis: RedisServer, make_scene: Callable[..., Scene]
+) -> None:
+    scene = make_scene(own_redis)
+    own_redis.stop()
+
+    worker = scene.worker("--url", own_redis.url, "--startup-timeout", "1.5", ready=0)
+
+    assert worker.wait(timeout=15) == 1
+    [said] = worker.lines(r"^error: ")
+    assert f"Redis at {own_redis.url} did not answer within 1.5s" in said
+    assert len(worker.lines(STARTING_UNREACHABLE)) >= 2, "warned, then again with backoff"
