@@ -43,11 +43,11 @@ def worker_env(app_name: str, url: str, visibility_timeout: float = 1.0) -> dict
 class WorkerProcess:
     """One `streamtasks ...` subprocess whose stderr (the log) is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]):
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = ROOT):
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamtasks", *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
