@@ -1,1 +1,1 @@
-"""Runnable examples of streamtasks, reproducing the scenarios of the seed documents."""
+"""Runnable examples of streamtasks: a Black Friday sale, and an order pipeline with fan-out."""

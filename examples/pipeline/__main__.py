@@ -1,10 +1,10 @@
-"""`python -m examples.pipeline`: seed 002's four orders through the pipeline and seed 003's
-fan-out, with one worker per queue (the seed's one consumer group per stage), then a report.
+"""`python -m examples.pipeline`: four orders through the pipeline and one order event fanned
+out to three services, with one worker per queue (one consumer group per stage), then a report.
 
-In streamtasks every queue has its own dead-letter stream, so the seed's `failed-orders` stream is
-the dead-letter stream of `order-received`: read it with `app.dead_letters("order-received")` or
-`streamtasks dlq list -A examples.pipeline.tasks:app -Q order-received`. The seed's fields map to
-it as reason -> error, retry_count -> attempts, original_stream -> origin_stream.
+An order the pipeline rejects lands in the dead-letter stream of `order-received`, every queue
+having its own: read it with `app.dead_letters("order-received")` or
+`streamtasks dlq list -A examples.pipeline.tasks:app -Q order-received`. Each dead letter says why
+(error), how many attempts were made (attempts) and where it came from (origin_stream).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from examples.pipeline.tasks import (
 from streamtasks import AsyncResult, TaskError
 from streamtasks.demo import fresh_embedded
 
-# The orders of seed 002 (products and places in English).
+# Four orders: a card payment, a bank transfer whose bank answers slowly at first, an order for a
+# product out of stock, and one the pipeline rejects.
 ORDERS: list[Order] = [
     {"order_id": "ORD-2024-001", "customer_id": 2001, "product_name": "Galaxy Book4",
      "quantity": 1, "unit_price": 1_800_000, "total_amount": 1_800_000,
@@ -58,7 +59,7 @@ TIMEOUT = 20.0
 
 
 class Teams:
-    """One worker per queue, on threads of this process: the seed's one group per stage."""
+    """One worker per queue, on threads of this process: one consumer group per stage."""
 
     def __init__(self, queues: tuple[str, ...]):
         self.workers = [

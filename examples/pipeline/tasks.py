@@ -1,9 +1,10 @@
-"""The order pipeline of seed 002 as tasks, one queue per stage, each stage sending the order on
-with `.delay()`; and the fan-out of seed 003, one order event to three services.
+"""An order pipeline as tasks, one queue per stage, each stage sending the order on with
+`.delay()`; and a fan-out, one order event to three services.
 
     order-received -> inventory-check -> payment-processing -> payment-result -> shipping-dispatch
 
-Every step returns a record like the entries the seed XADDs by hand, plus where the order went
+Every step returns a record of what it did (what a hand-written pipeline would XADD), plus where
+the order went
 next ("next", "next_queue"), so a producer can follow an order to the end with AsyncResult.get.
 Run the workers yourself with `streamtasks worker -A examples.pipeline.tasks:app`.
 """
@@ -123,7 +124,7 @@ def dispatch_shipping(order: Order) -> Step:
     }
 
 
-# Seed 003: one order event read by a payment, a shipping and a notification service, each
+# The fan-out: one order event read by a payment, a shipping and a notification service, each
 # through its own consumer group. A streamtasks queue has one group, shared by the workers of one
 # service, so the event goes once to each service's queue.
 def publish_order_event(event: Order) -> list[AsyncResult[Step]]:

@@ -1,4 +1,4 @@
-"""The Black Friday demo (seed 000): a shop's tasks, a sale that runs them on real worker processes
+"""The Black Friday demo: a shop's tasks, a sale that runs them on real worker processes
 and kills one with SIGKILL mid-run, the live progress display, and the report.
 
 `streamtasks demo` runs it on a fresh embedded Redis; `python -m examples.blackfriday` on any URL.

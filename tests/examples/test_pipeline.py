@@ -1,4 +1,4 @@
-"""`python -m examples.pipeline`: where each of the seed's orders ends up, on a real Redis."""
+"""`python -m examples.pipeline`: where each of the four orders ends up, on a real Redis."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ STAGES = [
 ]
 
 
-def test_each_order_ends_where_the_seed_says(
+def test_each_order_ends_where_its_story_says(
     redis_server: RedisServer, run_example: Callable[..., dict[str, Any]]
 ) -> None:
     r = run_example("pipeline", redis_server.url)
