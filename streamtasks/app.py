@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from streamtasks import retrying
+from streamtasks.asyncbroker import AsyncBroker
 from streamtasks.broker import Broker
 from streamtasks.codec import Codec
-from streamtasks.connection import connect, resolve_url
+from streamtasks.connection import connect, connect_async, resolve_url
 from streamtasks.deadletters import DeadLetters
 from streamtasks.errors import ConfigurationError
 from streamtasks.keys import QueueKeys, check_name
@@ -91,6 +94,10 @@ class App:
         self.codec = Codec()
         self.outage = Outage(f"app {name}")
         self._broker: Broker | None = None
+        # redis.asyncio clients belong to the event loop they were made in: one per loop.
+        self._abrokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
+            weakref.WeakKeyDictionary()
+        )
         self._keys: dict[str, QueueKeys] = {}
         self._lock = threading.Lock()
 
@@ -105,6 +112,15 @@ class App:
                 if self._broker is None:
                     self._broker = Broker(connect(self.url))
         return self._broker
+
+    @property
+    def abroker(self) -> AsyncBroker:
+        """The redis.asyncio connection of the running event loop, opened on first use in it."""
+        loop = asyncio.get_running_loop()
+        found = self._abrokers.get(loop)
+        if found is None:
+            found = self._abrokers[loop] = AsyncBroker(connect_async(self.url))
+        return found
 
     def keys(self, queue: str) -> QueueKeys:
         found = self._keys.get(queue)
@@ -249,6 +265,12 @@ class App:
     def dead_letters(self, queue: str | None = None) -> DeadLetters:
         """The dead-letter stream of `queue`: list, get, replay, purge."""
         return DeadLetters(self, queue or self.default_queue)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's redis.asyncio connections (a later call opens new)."""
+        found = self._abrokers.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found.close()
 
     def close(self) -> None:
         """Close the connection pool (a later call opens a new one)."""

@@ -70,11 +70,6 @@ def _translating(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-def _load_script(name: str) -> str:
-    lua = resources.files("streamtasks") / "lua"
-    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-
-
 class Claim(NamedTuple):
     """An idempotency key an enqueue claims for a call: the key as the app names it, the call's
     fingerprint, how long the key holds, and whether a failed run keeps it for all that time."""
@@ -114,6 +109,22 @@ class ServerInfo(NamedTuple):
     def __str__(self) -> str:
         return f"{self.name.capitalize()} {self.version}".rstrip()
 
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> ServerInfo:
+        """From the reply to INFO server."""
+        name = str(info.get("server_name") or "redis")
+        return cls(name, str(info.get(f"{name}_version") or info.get("redis_version") or "0"))
+
+    def check(self) -> ServerInfo:
+        """This server, or ConfigurationError if it is too old to run on (a Redis before 6.2
+        would silently break delayed tasks and recovery)."""
+        if not self.supported:
+            raise ConfigurationError(
+                f"streamtasks needs Redis {'.'.join(map(str, MIN_REDIS))} or newer (or "
+                f"Valkey); this server is {self}"
+            )
+        return self
+
     @property
     def supported(self) -> bool:
         if self.name != "redis":
@@ -136,6 +147,30 @@ class Reclaimed:
     cursor: str
     entries: list[Entry]
     dead: list[Buried]
+
+
+def enqueue_call(
+    keys: QueueKeys, task_id: str, fields: Fields, due_ms: int, claim: Claim | None
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of enqueue.lua for one message."""
+    key_args: list[Any] = [0, "", 0]
+    # Without a claim the script ignores its third key; the stream stands in (same slot).
+    ikey = keys.stream
+    if claim is not None:
+        ikey = keys.idempotency(claim.key)
+        key_args = [claim.ttl_ms, claim.fingerprint, int(claim.keep_on_failure)]
+    return [keys.stream, keys.delayed, ikey, keys.wake], [
+        task_id,
+        due_ms,
+        *key_args,
+        *flatten(fields),
+    ]
+
+
+def load_script(name: str) -> str:
+    """The source of a script in streamtasks/lua, with lib.lua's helpers before it."""
+    lua = resources.files("streamtasks") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def _group_missing(exc: redis.ResponseError) -> bool:
@@ -168,7 +203,7 @@ class Broker:
         self._r: Any = client
         self.server: ServerInfo | None = None  # known once `check_server` has asked
         self._scripts = {
-            name: client.register_script(_load_script(name))
+            name: client.register_script(load_script(name))
             for name in ("enqueue", "settle", "promote", "reclaim", "lease", "prune", "replay")
         }
 
@@ -179,25 +214,16 @@ class Broker:
         """Ask the server what it is, once; ConfigurationError if it is too old to run on (a
         Redis before 6.2 would silently break delayed tasks and recovery)."""
         if self.server is None:
-            server = self._server_info()
-            if not server.supported:
-                raise ConfigurationError(
-                    f"streamtasks needs Redis {'.'.join(map(str, MIN_REDIS))} or newer (or "
-                    f"Valkey); this server is {server}"
-                )
-            self.server = server
+            self.server = self._server_info().check()
         return self.server
 
     def _server_info(self) -> ServerInfo:
         # INFO, not HELLO: redis-py 8 reads a HELLO reply as a protocol switch, which leaves a
         # fakeredis client misreading every later stream reply.
         try:
-            info = self._r.info("server")
+            return ServerInfo.of(self._r.info("server"))
         except redis.ResponseError:  # fakeredis (memory://) has no INFO
             return ServerInfo("fakeredis", "")
-        name = str(info.get("server_name") or "redis")
-        version = info.get(f"{name}_version") or info.get("redis_version") or "0"
-        return ServerInfo(name, str(version))
 
     # -- producing -------------------------------------------------------------------------
 
@@ -255,17 +281,8 @@ class Broker:
         client: Any,
     ) -> Any:
         """Call enqueue.lua on `client` (the connection, or a pipeline to queue it on)."""
-        key_args: list[Any] = [0, "", 0]
-        # Without a claim the script ignores its third key; the stream stands in (same slot).
-        ikey = keys.stream
-        if claim is not None:
-            ikey = keys.idempotency(claim.key)
-            key_args = [claim.ttl_ms, claim.fingerprint, int(claim.keep_on_failure)]
-        return self._scripts["enqueue"](
-            keys=[keys.stream, keys.delayed, ikey, keys.wake],
-            args=[task_id, due_ms, *key_args, *flatten(fields)],
-            client=client,
-        )
+        script_keys, args = enqueue_call(keys, task_id, fields, due_ms, claim)
+        return self._scripts["enqueue"](keys=script_keys, args=args, client=client)
 
     @_translating
     def release(self, keys: QueueKeys, key: str) -> bool:

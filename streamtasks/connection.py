@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -46,33 +48,54 @@ def masked(url: str) -> str:
 
 def connect(url: str) -> redis.Redis:
     """A client for `url`. streamtasks.retrying reconnects, so redis-py itself retries nothing."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
+    if _scheme(url) == "memory":
         return _memory_client(url)
-    if scheme == "embedded":
-        from streamtasks import embedded
+    try:
+        return redis.Redis.from_url(_server_url(url), retry=Retry(NoBackoff(), 0), **_options(url))
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
 
-        socket = embedded.ensure_server(embedded.data_dir(url))
-        return _client(f"unix://{socket}")
-    if scheme not in ("redis", "rediss", "unix"):
+
+def connect_async(url: str) -> redis.asyncio.Redis:
+    """A redis.asyncio client for `url`, for producers in an event loop; like `connect`."""
+    if _scheme(url) == "memory":
+        server, _ = _memory_server(url)
+        return _fakeredis().FakeAsyncRedis(server=server)  # type: ignore[no-any-return]
+    try:
+        return redis.asyncio.Redis.from_url(
+            _server_url(url), retry=AsyncRetry(NoBackoff(), 0), **_options(url)
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+
+
+def _scheme(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix", "memory", "embedded"):
         raise ConfigurationError(
             f"unsupported URL {url!r}: use redis://, rediss://, unix://, memory:// or embedded://"
         )
-    return _client(url)
+    return scheme
 
 
-def _client(url: str) -> redis.Redis:
+def _server_url(url: str) -> str:
+    """The redis-py URL of a server: embedded:// starts its server and becomes its unix socket."""
+    if _scheme(url) != "embedded":
+        return url
+    from streamtasks import embedded
+
+    return f"unix://{embedded.ensure_server(embedded.data_dir(url))}"
+
+
+def _options(url: str) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_connect_timeout": 5.0,
         "socket_timeout": SOCKET_TIMEOUT,
         "health_check_interval": 30,
     }
-    if not url.startswith("unix:"):
+    if _scheme(url) in ("redis", "rediss"):
         options["socket_keepalive"] = True
-    try:
-        return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+    return options
 
 
 def _fakeredis() -> Any:
@@ -85,11 +108,16 @@ def _fakeredis() -> Any:
     return fakeredis
 
 
-def _memory_client(url: str) -> redis.Redis:
+def _memory_server(url: str) -> tuple[Any, type | None]:
     fakeredis = _fakeredis()
     name = urlsplit(url).netloc or "default"
     with _memory_lock:
-        server, connection_class = _memory_servers.setdefault(name, (fakeredis.FakeServer(), None))
+        return _memory_servers.setdefault(name, (fakeredis.FakeServer(), None))
+
+
+def _memory_client(url: str) -> redis.Redis:
+    fakeredis = _fakeredis()
+    server, connection_class = _memory_server(url)
     if connection_class is None:
         return fakeredis.FakeRedis(server=server)  # type: ignore[no-any-return]
     return fakeredis.FakeRedis(server=server, connection_class=connection_class)  # type: ignore[no-any-return]

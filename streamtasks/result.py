@@ -24,6 +24,15 @@ READY_STATES = frozenset({SUCCESS, FAILURE, DEAD})
 _MAX_BLOCK_MS = int(MAX_BLOCK * 1000)
 
 
+def _block_ms(left: float | None) -> int | None:
+    """How long one read of a result waits: at most 5 s at a time and never past the caller's
+    deadline; with no time left it does not wait but still looks, so get(timeout=0) returns a
+    result that is already there."""
+    if left is not None and left <= 0:
+        return None
+    return _MAX_BLOCK_MS if left is None else max(1, min(_MAX_BLOCK_MS, int(left * 1000)))
+
+
 class AsyncResult(Generic[R]):
     """The state and eventual value of one task run."""
 
@@ -50,37 +59,74 @@ class AsyncResult(Generic[R]):
     def ready(self) -> bool:
         return self.status in READY_STATES
 
+    async def astatus(self) -> str:
+        """`status` for an event loop."""
+        fields = await retrying.acall(
+            lambda: self.app.abroker.result_last(self._key),
+            self.app.outage,
+            give_up_after=self.app.enqueue_timeout,
+        )
+        return PENDING if fields is None else fields[b"status"].decode()
+
     def get(self, timeout: float | None = None) -> R:
         """Wait for the task to finish; return its value or raise TaskError (FAILURE or DEAD).
 
         Raises streamtasks.TimeoutError when `timeout` seconds pass first.
         """
-        if self.ignore_result:
-            raise StreamTasksError(f"task {self.id} was sent with ignore_result: no result to get")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         after = "0-0"
         while True:
             left = None if deadline is None else deadline - time.monotonic()
+            block = _block_ms(left)
             entries = retrying.call(
-                partial(self._read_after, after, left),
+                partial(self.app.broker.result_entries, self._key, after, block),
                 self.app.outage,
                 give_up_after=None if left is None else max(left, 0.0),
             )
-            for entry_id, fields in entries:
-                after = entry_id
-                status = fields[b"status"].decode()
-                if status == SUCCESS:
-                    return self.app.codec.unpack(fields[b"data"])  # type: ignore[no-any-return]
-                if status in (FAILURE, DEAD):
-                    error: dict[str, Any] = self.app.codec.unpack(fields[b"data"])
-                    raise TaskError(error["type"], error["message"], error["traceback"], status)
+            after, done = self._outcome(entries, after)
+            if done:
+                return self._value(entries[-1][1])
             if left is not None and left <= 0:
                 raise TimeoutError(f"task {self.id} not ready after {timeout}s")
 
-    def _read_after(self, after: str, left: float | None) -> list[Entry]:
-        # Blocks at most 5 s at a time and never past the caller's deadline; with no time left it
-        # still looks once, so get(timeout=0) returns a result that is already there.
-        if left is not None and left <= 0:
-            return self.app.broker.result_entries(self._key, after, None)
-        block = _MAX_BLOCK_MS if left is None else max(1, min(_MAX_BLOCK_MS, int(left * 1000)))
-        return self.app.broker.result_entries(self._key, after, block)
+    async def aget(self, timeout: float | None = None) -> R:
+        """`get` for an event loop: waits on redis.asyncio, so the loop runs other work."""
+        deadline = self._deadline(timeout)
+        after = "0-0"
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            block = _block_ms(left)
+            entries = await retrying.acall(
+                partial(self.app.abroker.result_entries, self._key, after, block),
+                self.app.outage,
+                give_up_after=None if left is None else max(left, 0.0),
+            )
+            after, done = self._outcome(entries, after)
+            if done:
+                return self._value(entries[-1][1])
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.id} not ready after {timeout}s")
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        if self.ignore_result:
+            raise StreamTasksError(f"task {self.id} was sent with ignore_result: no result to get")
+        return None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def _outcome(entries: list[Entry], after: str) -> tuple[str, bool]:
+        """Where the next read starts, and whether `entries` ends with a final status (the
+        entries after it, if any, are left unread)."""
+        for i, (entry_id, fields) in enumerate(entries):
+            if fields[b"status"].decode() in READY_STATES:
+                del entries[i + 1 :]
+                return entry_id, True
+            after = entry_id
+        return after, False
+
+    def _value(self, fields: dict[bytes, bytes]) -> R:
+        """The value of a final result entry, or the TaskError it stands for."""
+        status = fields[b"status"].decode()
+        if status == SUCCESS:
+            return self.app.codec.unpack(fields[b"data"])  # type: ignore[no-any-return]
+        error: dict[str, Any] = self.app.codec.unpack(fields[b"data"])
+        raise TaskError(error["type"], error["message"], error["traceback"], status)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -80,6 +80,55 @@ def call(
         if outage.down:
             outage.recovered()
         return result
+
+    def pause(seconds: float) -> None:
+        if stop is None:
+            time.sleep(seconds)
+        else:
+            stop.wait(seconds)
+
+    retrying = tenacity.Retrying(
+        sleep=pause, **_policy(outage, began, stop, give_up_after, max_wait)
+    )
+    result = retrying(fn)
+    outage.recovered()
+    return result
+
+
+async def acall(
+    fn: Callable[[], Awaitable[T]],
+    outage: Outage,
+    *,
+    give_up_after: float | None = None,
+    max_wait: float = 5.0,
+) -> T:
+    """`call` for a coroutine function, waiting with asyncio.sleep so the event loop runs on."""
+    began = time.monotonic()
+    try:
+        result = await fn()
+    except BrokerUnavailable as exc:
+        outage.failed(exc)
+    else:
+        if outage.down:
+            outage.recovered()
+        return result
+    async def attempt() -> T:  # a coroutine function, which tenacity knows to await
+        return await fn()
+
+    retrying = tenacity.AsyncRetrying(**_policy(outage, began, None, give_up_after, max_wait))
+    result = await retrying(attempt)
+    outage.recovered()
+    return result
+
+
+def _policy(
+    outage: Outage,
+    began: float,
+    stop: threading.Event | None,
+    give_up_after: float | None,
+    max_wait: float,
+) -> dict[str, Any]:
+    """What `call` and `acall` retry, how long they wait, and when they give up."""
     deadline = None if give_up_after is None else began + give_up_after
     backoff = tenacity.wait_random_exponential(multiplier=0.05, max=max_wait)
 
@@ -91,20 +140,10 @@ def call(
         stopped = stop is not None and stop.is_set()
         return stopped or (deadline is not None and time.monotonic() >= deadline)
 
-    def pause(seconds: float) -> None:
-        if stop is None:
-            time.sleep(seconds)
-        else:
-            stop.wait(seconds)
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-        wait=wait,
-        stop=give_up,
-        sleep=pause,
-        before_sleep=lambda state: outage.failed(state.outcome.exception()),  # type: ignore[union-attr, arg-type]
-        reraise=True,
-    )
-    result = retrying(fn)
-    outage.recovered()
-    return result
+    return {
+        "retry": tenacity.retry_if_exception_type(BrokerUnavailable),
+        "wait": wait,
+        "stop": give_up,
+        "before_sleep": lambda state: outage.failed(state.outcome.exception()),
+        "reraise": True,
+    }

@@ -7,12 +7,13 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from streamtasks import retrying
 from streamtasks.broker import CONFLICT, Claim
 from streamtasks.calls import Signature
 from streamtasks.errors import ConfigurationError, IdempotencyConflict
+from streamtasks.keys import QueueKeys
 from streamtasks.message import Fields, Message, encode
 from streamtasks.policy import RetryPolicy
 from streamtasks.result import AsyncResult
@@ -90,6 +91,69 @@ class Task(Generic[P, R]):
         call is the same, and raises IdempotencyConflict when it is not; a key whose task failed
         or was dead-lettered is free again (unless the task says `release_key_on_failure=False`).
         """
+        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers)
+        broker = self.app.broker
+        if out.plain:
+            retrying.call(
+                lambda: broker.add(out.keys, out.fields),
+                self.app.outage,
+                give_up_after=self.app.enqueue_timeout,
+            )
+            return self._result(out.id, out.keys)
+        found = retrying.call(
+            lambda: broker.enqueue(
+                out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim
+            ),
+            self.app.outage,
+            give_up_after=self.app.enqueue_timeout,
+        )
+        return self._found(found, out)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay` for an event loop: the round trip is awaited on redis.asyncio."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        countdown: float | None = None,
+        eta: dt.datetime | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> AsyncResult[R]:
+        """`apply_async` for an event loop: the same checks, options and outcomes, awaited."""
+        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers)
+        broker = self.app.abroker
+        if out.plain:
+            await retrying.acall(
+                lambda: broker.add(out.keys, out.fields),
+                self.app.outage,
+                give_up_after=self.app.enqueue_timeout,
+            )
+            return self._result(out.id, out.keys)
+        found = await retrying.acall(
+            lambda: broker.enqueue(
+                out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim
+            ),
+            self.app.outage,
+            give_up_after=self.app.enqueue_timeout,
+        )
+        return self._found(found, out)
+
+    def _outgoing(
+        self,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: Mapping[str, Any] | None,
+        queue: str | None,
+        countdown: float | None,
+        eta: dt.datetime | None,
+        idempotency_key: str | None,
+        headers: Mapping[str, Any] | None,
+    ) -> _Outgoing:
+        """Check a call and build what enqueues it; raises before anything is sent."""
         args = tuple(args)
         kwargs = dict(kwargs or {})
         self.signature.check(args, kwargs)
@@ -99,26 +163,17 @@ class Task(Generic[P, R]):
         )
         fields = encode(message, self.app.codec, self.app.max_message_bytes)
         claim = None if key is None else self._claim(key, args, kwargs)
-        queue = self.queue if queue is None else self.app.check_queue(queue)
-        keys = self.app.keys(queue)
-        due_ms = self._due_ms(countdown, eta)
-        broker = self.app.broker
-        if claim is None and due_ms == 0:
-            retrying.call(
-                lambda: broker.add(keys, fields),
-                self.app.outage,
-                give_up_after=self.app.enqueue_timeout,
-            )
-            task_id = message.id
-        else:
-            task_id, code = retrying.call(
-                lambda: broker.enqueue(keys, message.id, fields, due_ms=due_ms, claim=claim),
-                self.app.outage,
-                give_up_after=self.app.enqueue_timeout,
-            )
-            if code == CONFLICT and claim is not None:
-                raise IdempotencyConflict(claim.key, task_id)
-        return AsyncResult(self.app, task_id, queue, ignore_result=self.options.ignore_result)
+        keys = self.app.keys(self.queue if queue is None else self.app.check_queue(queue))
+        return _Outgoing(message.id, keys, fields, self._due_ms(countdown, eta), claim)
+
+    def _found(self, found: tuple[str, int], out: _Outgoing) -> AsyncResult[R]:
+        task_id, code = found
+        if code == CONFLICT and out.claim is not None:
+            raise IdempotencyConflict(out.claim.key, task_id)
+        return self._result(task_id, out.keys)
+
+    def _result(self, task_id: str, keys: QueueKeys) -> AsyncResult[R]:
+        return AsyncResult(self.app, task_id, keys.queue, ignore_result=self.options.ignore_result)
 
     def release_key(self, key: str) -> bool:
         """Free an idempotency key of this task's queue now, so the next enqueue with it runs a
@@ -190,6 +245,21 @@ class Task(Generic[P, R]):
                 raise ConfigurationError("countdown must not be negative")
             return int((self.app.clock() + countdown) * 1000)
         return 0
+
+
+class _Outgoing(NamedTuple):
+    """A checked call, encoded, and where and how it is to be enqueued."""
+
+    id: str
+    keys: QueueKeys
+    fields: Fields
+    due_ms: int
+    claim: Claim | None
+
+    @property
+    def plain(self) -> bool:
+        """Due now and keyless: one XADD, the fast path."""
+        return self.claim is None and self.due_ms == 0
 
 
 def _checked_key(key: object) -> str:
