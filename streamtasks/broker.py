@@ -545,6 +545,14 @@ class Broker:
         return found[0][1] if found else None
 
     @_translating
+    def set_progress(self, key: str, data: bytes, ttl_ms: int) -> None:
+        self._r.set(key, data, px=ttl_ms)
+
+    @_translating
+    def progress(self, key: str) -> bytes | None:
+        return self._r.get(key)  # type: ignore[no-any-return]
+
+    @_translating
     def write_status(self, key: str, status: str, ttl_ms: int) -> None:
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(key, {"status": status, "data": b""})

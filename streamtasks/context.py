@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamtasks.errors import StreamTasksError
+
+
+def _nowhere(value: Any) -> None:
+    raise StreamTasksError("this task context was built outside a worker: no progress to record")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,13 @@ class TaskContext:
     idempotency_key: str | None
     headers: Mapping[str, Any]
     worker: str
+    _progress: Callable[[Any], None] = field(default=_nowhere, repr=False, compare=False)
+
+    def set_progress(self, value: Any) -> None:
+        """Record how far the task has got: any value streamtasks can send, such as a number or
+        a dict. `result.progress` returns the latest, for as long as the result is kept; the
+        result itself is unaffected."""
+        self._progress(value)
 
 
 # Holds a function that builds the context, so runs that never ask for it never pay for it.

@@ -63,6 +63,10 @@ class QueueKeys:
     def result(self, task_id: str) -> str:
         return self.result_prefix + task_id
 
+    def progress(self, task_id: str) -> str:
+        """The latest progress a running task reported (a string, kept as long as its result)."""
+        return f"{self._base}:progress:{task_id}"
+
     @cached_property
     def idempotency_prefix(self) -> str:
         """What an idempotency key is appended to for its record (reclaim.lua builds them so)."""

@@ -59,6 +59,16 @@ class AsyncResult(Generic[R]):
     def ready(self) -> bool:
         return self.status in READY_STATES
 
+    @property
+    def progress(self) -> Any:
+        """The latest value the task passed to `current_task().set_progress`, or None."""
+        data = retrying.call(
+            lambda: self.app.broker.progress(self.app.keys(self.queue).progress(self.id)),
+            self.app.outage,
+            give_up_after=self.app.enqueue_timeout,
+        )
+        return None if data is None else self.app.codec.unpack(data)
+
     async def astatus(self) -> str:
         """`status` for an event loop."""
         fields = await retrying.acall(

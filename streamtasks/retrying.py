@@ -112,6 +112,7 @@ async def acall(
         if outage.down:
             outage.recovered()
         return result
+
     async def attempt() -> T:  # a coroutine function, which tenacity knows to await
         return await fn()
 

@@ -12,8 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from streamtasks import retrying
 from streamtasks.broker import SETTLED, Buried
 from streamtasks.context import TaskContext, _current
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for
@@ -27,9 +28,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def context_of(d: Delivery, worker: str) -> TaskContext:
+def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
     """What `current_task()` says inside the run of `d`."""
     retries = d.options.retry.max_retries if d.options else 0
+    key, ttl_ms = d.keys.progress(d.task_id), int(app.result_ttl * 1000)
+
+    def progress(value: Any) -> None:
+        data = app.codec.pack(value, root="the progress")
+        retrying.call(
+            lambda: app.broker.set_progress(key, data, ttl_ms),
+            app.outage,
+            give_up_after=app.enqueue_timeout,
+        )
+
     return TaskContext(
         id=d.task_id,
         name=d.task_name,
@@ -39,6 +50,7 @@ def context_of(d: Delivery, worker: str) -> TaskContext:
         idempotency_key=d.message.idempotency_key if d.message else None,
         headers=d.message.headers if d.message else {},
         worker=worker,
+        _progress=progress,
     )
 
 

@@ -266,7 +266,7 @@ class Runner:
             d,
             app,
             worker=self.name,
-            context=partial(context_of, d, self.name),
+            context=partial(context_of, d, self.name, app),
             log_success=log.isEnabledFor(logging.INFO),
         )
         if kill:

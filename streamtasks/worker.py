@@ -604,7 +604,7 @@ class Worker:
             d,
             self.app,
             worker=self.name,
-            context=partial(context_of, d, self.name),
+            context=partial(context_of, d, self.name, self.app),
             log_success=self._log_each,
         )
         self._avg_run = 0.8 * self._avg_run + 0.2 * took

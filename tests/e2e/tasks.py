@@ -135,6 +135,14 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
         t.count_completion(token)
         return "paid"
 
+    @app.task(name="e2e.import_catalog")
+    def import_catalog(token: str, items: int) -> int:
+        t = traces()
+        current_task().set_progress({"done": items // 2, "of": items})
+        t.hold(token)
+        current_task().set_progress({"done": items, "of": items})
+        return items
+
     @app.task(name="e2e.divide")
     def divide(total: int, parts: int) -> float:
         return total / parts
