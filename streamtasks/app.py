@@ -52,6 +52,16 @@ def load_app(target: str) -> App:
     return app
 
 
+def _default_name(fn: Callable[..., Any]) -> str:
+    """module.qualname of a function; a partial or a callable object has none to give."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)):
+        raise ConfigurationError(
+            f"{fn!r} has no name of its own to register under: give one, @app.task(name=...)"
+        )
+    return f"{module}.{qualname}"
+
+
 class App:
     """A named set of tasks sharing one Redis and one set of defaults.
 
@@ -185,8 +195,8 @@ class App:
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
-        name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
-        if fn.__module__ == "__main__" and not options.get("name"):
+        name = options.get("name") or _default_name(fn)
+        if getattr(fn, "__module__", None) == "__main__" and not options.get("name"):
             warnings.warn(
                 f"task {name!r} is defined in the script being run, so it is named after "
                 "__main__; a worker importing your app finds it under its module's name, or not "

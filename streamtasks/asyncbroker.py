@@ -50,10 +50,13 @@ class AsyncBroker:
     async def check_server(self) -> ServerInfo:
         """As `Broker.check_server`: once, and refusing a Redis older than 6.2."""
         if self.server is None:
+            if ServerInfo.is_fake(self.client):
+                self.server = ServerInfo("fakeredis", "")
+                return self.server
             try:
                 server = ServerInfo.of(await self._r.info("server"))
-            except redis.ResponseError:  # fakeredis (memory://) has no INFO
-                server = ServerInfo("fakeredis", "")
+            except redis.ResponseError as exc:
+                raise ServerInfo.refused(exc) from exc
             self.server = server.check()
         return self.server
 

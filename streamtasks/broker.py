@@ -109,6 +109,18 @@ class ServerInfo(NamedTuple):
     def __str__(self) -> str:
         return f"{self.name.capitalize()} {self.version}".rstrip()
 
+    @staticmethod
+    def is_fake(client: object) -> bool:
+        """Whether `client` is fakeredis's (memory://), which has no INFO to ask."""
+        return type(client).__module__.startswith("fakeredis")
+
+    @staticmethod
+    def refused(exc: redis.ResponseError) -> ConfigurationError:
+        return ConfigurationError(
+            f"cannot check the server's version: INFO was refused ({exc}); allow the INFO "
+            "command for this Redis user"
+        )
+
     @classmethod
     def of(cls, info: Mapping[str, Any]) -> ServerInfo:
         """From the reply to INFO server."""
@@ -220,10 +232,12 @@ class Broker:
     def _server_info(self) -> ServerInfo:
         # INFO, not HELLO: redis-py 8 reads a HELLO reply as a protocol switch, which leaves a
         # fakeredis client misreading every later stream reply.
+        if ServerInfo.is_fake(self.client):
+            return ServerInfo("fakeredis", "")
         try:
             return ServerInfo.of(self._r.info("server"))
-        except redis.ResponseError:  # fakeredis (memory://) has no INFO
-            return ServerInfo("fakeredis", "")
+        except redis.ResponseError as exc:
+            raise ServerInfo.refused(exc) from exc
 
     # -- producing -------------------------------------------------------------------------
 
@@ -568,11 +582,15 @@ class Broker:
         return [(_s(eid), f) for eid, f in self._r.xrange(keys.dead, min=start, count=count)]
 
     @_translating
-    def replay(self, keys: QueueKeys, ids: Iterable[str], now_ms: int) -> list[str]:
-        done = self._scripts["replay"](
-            keys=[keys.dead, keys.stream], args=[now_ms, keys.result_prefix, *ids]
-        )
-        return [_s(i) for i in done]
+    def replay(
+        self, keys: QueueKeys, ids: Iterable[str], now_ms: int, idempotency_ttl_ms: int
+    ) -> tuple[list[str], list[str]]:
+        """Re-enqueue dead letters (see replay.lua): (ids replayed, ids left in place because
+        their idempotency key names another task now)."""
+        args: list[Any] = [now_ms, keys.result_prefix, keys.idempotency_prefix, idempotency_ttl_ms]
+        args += ids
+        done, left = self._scripts["replay"](keys=[keys.dead, keys.stream], args=args)
+        return [_s(i) for i in done], [_s(i) for i in left]
 
     @_translating
     def purge(self, keys: QueueKeys, ids: Sequence[str] | None) -> int:

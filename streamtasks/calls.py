@@ -82,9 +82,9 @@ def _stub(fn: Callable[..., Any], signature: inspect.Signature) -> Callable[...,
         parts.append(f"{star}{p.name}{default}")
         if i == last_positional_only:
             parts.append("/")
-    name = fn.__name__
+    name = getattr(fn, "__name__", "")  # a functools.partial or a callable object has none
     if not name.isidentifier() or keyword.iskeyword(name):
-        name = "task"  # a lambda's "<lambda>"
+        name = "task"  # nor has a lambda one that can be written: "<lambda>"
     namespace: dict[str, Any] = {_DEFAULT: object()}
     # The source holds only parameter names Python already accepted as identifiers.
     exec(f"def {name}({', '.join(parts)}):\n    pass", namespace)

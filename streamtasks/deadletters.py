@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -17,6 +18,8 @@ from streamtasks.message import BUILT_IN
 if TYPE_CHECKING:
     from streamtasks.app import App
 
+
+log = logging.getLogger(__name__)
 
 _ENTRY_ID = re.compile(r"([0-9]+)-([0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
@@ -208,13 +211,26 @@ class DeadLetters:
         return DeadLetter(found[0][0], found[0][1], self.queue, self.app.codec)
 
     def replay(self, ids: builtins.list[str] | None = None) -> builtins.list[str]:
-        """Re-enqueue entries (all when `ids` is None), attempts reset; returns the ids moved."""
+        """Re-enqueue entries (all when `ids` is None), attempts reset; returns the ids moved. A
+        keyed entry takes its idempotency key back; one whose key names another task by now is
+        left in place, with a warning: running it could repeat that task's work."""
         ids = [d.id for d in self.list()] if ids is None else _checked(ids)
         done: builtins.list[str] = []
+        ttl_ms = int(self.app.idempotency_ttl * 1000)
         # In slices: one script call holds Redis, so a huge dead-letter stream goes bit by bit.
         for start in range(0, len(ids), _REPLAY_SLICE):
             now_ms = int(self.app.clock() * 1000)
-            done += self.app.broker.replay(self.keys, ids[start : start + _REPLAY_SLICE], now_ms)
+            chunk = ids[start : start + _REPLAY_SLICE]
+            moved, left = self.app.broker.replay(self.keys, chunk, now_ms, ttl_ms)
+            done += moved
+            for entry_id in left:
+                log.warning(
+                    "dead letter %s of %s not replayed: its idempotency key names another task "
+                    "now (release the key, or purge the dead letter)",
+                    entry_id,
+                    self.queue,
+                    extra={"queue": self.queue, "entry_id": entry_id},
+                )
         return done
 
     def purge(self, ids: builtins.list[str] | None = None) -> int:

@@ -71,12 +71,18 @@ class Delivery:
 
 
 def _named(fields: Mapping[bytes, bytes]) -> Message | None:
-    """What can be read of an entry that cannot be run: its task id and name, if they are text,
-    so its producer still gets a DEAD result and the log names the task."""
+    """What can be read of an entry that cannot be run: its task id, name and idempotency key,
+    where they are text, so its producer still gets a DEAD result, the log names the task and the
+    key is freed."""
     try:
-        return Message(fields[b"id"].decode(), fields[b"task"].decode())
+        message = Message(fields[b"id"].decode(), fields[b"task"].decode())
     except (KeyError, UnicodeDecodeError):
         return None
+    # Its key too, so that the dead letter frees it as any other does.
+    try:
+        return message._replace(idempotency_key=fields[b"idempotency_key"].decode())
+    except (KeyError, UnicodeDecodeError):
+        return message
 
 
 def _unknown(name: str, tasks: Mapping[str, Task[Any, Any]]) -> str:

@@ -10,6 +10,7 @@ from streamtasks import retrying
 from streamtasks.broker import Entry
 from streamtasks.connection import MAX_BLOCK
 from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
+from streamtasks.keys import QueueKeys
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -36,12 +37,14 @@ def _block_ms(left: float | None) -> int | None:
 class AsyncResult(Generic[R]):
     """The state and eventual value of one task run."""
 
-    def __init__(self, app: App, id: str, queue: str, *, ignore_result: bool = False):
+    def __init__(self, app: App, id: str, queue: str | QueueKeys, *, ignore_result: bool = False):
+        keys = app.keys(queue) if isinstance(queue, str) else queue
         self.app = app
         self.id = id
-        self.queue = queue
+        self.queue = keys.queue
         self.ignore_result = ignore_result
-        self._key = app.keys(queue).result(id)
+        self._keys = keys
+        self._key = keys.result(id)
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} queue={self.queue}>"
@@ -63,7 +66,7 @@ class AsyncResult(Generic[R]):
     def progress(self) -> Any:
         """The latest value the task passed to `current_task().set_progress`, or None."""
         data = retrying.call(
-            lambda: self.app.broker.progress(self.app.keys(self.queue).progress(self.id)),
+            lambda: self.app.broker.progress(self._keys.progress(self.id)),
             self.app.outage,
             give_up_after=self.app.enqueue_timeout,
         )

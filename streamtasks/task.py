@@ -51,6 +51,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.signature = Signature(fn, options.name)
+        self._keys = app.keys(options.queue)  # every .delay() needs them: built once
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -154,17 +155,22 @@ class Task(Generic[P, R]):
         headers: Mapping[str, Any] | None,
     ) -> _Outgoing:
         """Check a call and build what enqueues it; raises before anything is sent."""
+        # Every .delay() comes through here: the common case (no key, no delay, the task's own
+        # queue) takes the short branches.
         args = tuple(args)
-        kwargs = dict(kwargs or {})
+        kwargs = dict(kwargs) if kwargs else {}
         self.signature.check(args, kwargs)
-        key = self._key(args, kwargs, idempotency_key)
+        key = None
+        if idempotency_key is not None or self.options.idempotency_key is not None:
+            key = self._key(args, kwargs, idempotency_key)
         message = Message(
-            new_id(), self.name, args, kwargs, dict(headers or {}), idempotency_key=key
+            new_id(), self.options.name, args, kwargs, dict(headers) if headers else {}, 1, key
         )
         fields = encode(message, self.app.codec, self.app.max_message_bytes)
         claim = None if key is None else self._claim(key, args, kwargs)
-        keys = self.app.keys(self.queue if queue is None else self.app.check_queue(queue))
-        return _Outgoing(message.id, keys, fields, self._due_ms(countdown, eta), claim)
+        keys = self._keys if queue is None else self.app.keys(self.app.check_queue(queue))
+        due_ms = 0 if countdown is None and eta is None else self._due_ms(countdown, eta)
+        return _Outgoing(message.id, keys, fields, due_ms, claim)
 
     def _found(self, found: tuple[str, int], out: _Outgoing) -> AsyncResult[R]:
         task_id, code = found
@@ -173,7 +179,7 @@ class Task(Generic[P, R]):
         return self._result(task_id, out.keys)
 
     def _result(self, task_id: str, keys: QueueKeys) -> AsyncResult[R]:
-        return AsyncResult(self.app, task_id, keys.queue, ignore_result=self.options.ignore_result)
+        return AsyncResult(self.app, task_id, keys, ignore_result=self.options.ignore_result)
 
     def release_key(self, key: str) -> bool:
         """Free an idempotency key of this task's queue now, so the next enqueue with it runs a
@@ -227,7 +233,7 @@ class Task(Generic[P, R]):
             if code == CONFLICT and claim is not None:
                 raise IdempotencyConflict(claim.key, task_id)
         return [
-            AsyncResult(self.app, task_id, self.queue, ignore_result=self.options.ignore_result)
+            AsyncResult(self.app, task_id, keys, ignore_result=self.options.ignore_result)
             for task_id, _ in found
         ]
 

@@ -6,12 +6,14 @@
 -- names a different call}; with 0 or 2, the task id is the one the key names.
 local id, due, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if ttl > 0 then
-  local found = redis.call('HMGET', KEYS[3], 'id', 'call')
-  if found[1] then
+  local found = redis.call('HMGET', KEYS[3], 'id', 'call', 'released')
+  if found[1] and found[3] ~= '1' then
     -- A record written before calls were fingerprinted has none to compare: not a conflict.
     if found[2] and found[2] ~= ARGV[4] then return {found[1], 2} end
     return {found[1], 0}
   end
+  -- Free, or released by a task that failed: this call takes the key.
+  redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'id', id, 'call', ARGV[4], 'keep', ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ttl)
 end

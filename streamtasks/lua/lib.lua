@@ -43,14 +43,15 @@ local function owner(stream, group, id)
 end
 
 -- A run of task `id` under idempotency hash `ikey` ended. A success marks the key done; a failure
--- or dead letter frees it for a new call unless its task keeps failed keys. Only while the key
--- still names this task: one released early may name another task by now.
+-- or dead letter marks it released (a new call may take it; a replay of this task takes it back)
+-- unless its task keeps failed keys. Only while the key still names this task: one released
+-- early may name another task by now.
 local function idempotency_ended(ikey, id, succeeded, ttl)
   if redis.call('HGET', ikey, 'id') ~= id then return end
   if succeeded then
     redis.call('HSET', ikey, 'done', '1')
     if redis.call('PTTL', ikey) < 0 then redis.call('PEXPIRE', ikey, ttl) end
   elseif redis.call('HGET', ikey, 'keep') ~= '1' then
-    redis.call('DEL', ikey)
+    redis.call('HSET', ikey, 'released', '1')
   end
 end

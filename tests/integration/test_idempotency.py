@@ -165,3 +165,64 @@ def test_a_hundred_producers_racing_two_calls_for_one_key_get_one_task_and_confl
     assert len(accepted) == len(refused) == 50, "one of the two calls won the key, all of it"
     assert len({r.id for r in accepted} | {c.task_id for c in refused}) == 1
     assert stream_len(producers[0]) == 1
+
+
+def test_a_call_the_worker_cannot_decode_frees_its_key(
+    make_app: Callable[..., App], app_name: str
+) -> None:
+    class Order:
+        pass
+
+    producer, worker_side = make_app(app_name), make_app(app_name)
+    producer.register_type(Order, lambda o: [], lambda v: Order())
+    for app in (producer, worker_side):
+        app.task(name="ship")(lambda order: "shipped")
+    failed = producer.tasks["ship"].apply_async((Order(),), idempotency_key="ship:o-1")
+    worker_side.Worker().drain(timeout=10)
+    assert failed.status == "DEAD"
+
+    again = worker_side.tasks["ship"].apply_async(("o-1",), idempotency_key="ship:o-1")
+    assert again.id != failed.id
+
+
+def test_a_replayed_dead_letter_takes_its_key_back(redis_app: App) -> None:
+    declines = [Reject("card declined")]
+    charged: list[str] = []
+
+    @redis_app.task(name="charge")
+    def charge(order_id: str) -> str:
+        if declines:
+            raise declines.pop()
+        charged.append(order_id)
+        return "charged"
+
+    first = charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    redis_app.Worker().drain(timeout=10)
+    assert first.status == "DEAD"
+
+    assert redis_app.dead_letters().replay() != []
+    redis_app.Worker().drain(timeout=10)
+    assert first.get(timeout=1) == "charged"
+    again = charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    assert again.id == first.id, "the replayed task holds the key again"
+    redis_app.Worker().drain(timeout=10)
+    assert charged == ["o-1"], "charged once"
+
+
+def test_a_dead_letter_whose_key_another_task_took_is_not_replayed(redis_app: App) -> None:
+    outcomes = [Reject("card declined")]
+
+    @redis_app.task(name="charge")
+    def charge(order_id: str) -> str:
+        if outcomes:
+            raise outcomes.pop()
+        return "charged"
+
+    charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    redis_app.Worker().drain(timeout=10)
+    second = charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    redis_app.Worker().drain(timeout=10)
+    assert second.get(timeout=1) == "charged"
+
+    assert redis_app.dead_letters().replay() == []
+    assert len(redis_app.dead_letters()) == 1, "left where it was"

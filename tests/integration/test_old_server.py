@@ -13,6 +13,7 @@ import pytest
 
 from streamtasks import App, ConfigurationError
 from tests.e2e.conftest import ROOT
+from tests.redis_server import RedisServer
 
 INFO = b"# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n"
 # redis-py opens each connection with HELLO 3, and reads a RESP3 map back.
@@ -77,3 +78,17 @@ def test_a_worker_refuses_redis_6_0_and_exits_non_zero(old_redis: str, tmp_path:
     )
     assert worker.returncode != 0
     assert "needs Redis 6.2 or newer (or Valkey); this server is Redis 6.0.16" in worker.stderr
+
+
+def test_a_user_not_allowed_info_is_told_so_not_taken_for_a_fake_server(
+    own_redis: RedisServer, app_name: str
+) -> None:
+    own_redis.client().acl_setuser(
+        "noinfo", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-info"],
+    )  # fmt: skip
+    app = App(app_name, url=f"redis://noinfo:secret@127.0.0.1:{own_redis.port}/0")
+    task = app.task(name="ping")(lambda: None)
+    with pytest.raises(ConfigurationError, match=r"INFO was refused .*allow the INFO command"):
+        task.delay()
+    app.close()

@@ -3,13 +3,14 @@ nothing is enqueued; a task defined in the script being run is warned about at r
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from streamtasks import App
+from streamtasks import App, ConfigurationError
 from tests.unit.support import delayed_len, stream_len
 
 
@@ -86,3 +87,28 @@ def test_a_task_defined_in_main_warns_with_the_fix(tmp_path: Path) -> None:
     assert "'__main__.place_order' is defined in the script being run" in warning
     assert "Define tasks in a module the worker imports" in warning
     assert "shop.refund" not in ran.stderr, "a named task is found by its name wherever it lives"
+
+
+def test_partials_and_callable_objects_register_and_are_checked(memory_app: App) -> None:
+    def charge(currency: str, order_id: str, cents: int) -> str:
+        return f"{order_id}:{cents}{currency}"
+
+    class Refund:
+        def __call__(self, order_id: str) -> str:
+            return order_id
+
+    in_euros = memory_app.task(name="charge_eur")(functools.partial(charge, "EUR"))
+    refund = memory_app.task(name="refund")(Refund())
+    result = in_euros.delay("o-1", 500)
+    refund.delay("o-1")
+    with pytest.raises(TypeError, match=r"charge_eur: .*missing 1 required positional argument"):
+        in_euros.delay("o-1")
+    with pytest.raises(TypeError, match=r"refund: .*takes 1 positional argument but 2"):
+        refund.delay("o-1", "o-2")
+    memory_app.Worker().drain(timeout=5)
+    assert result.get(timeout=0) == "o-1:500EUR"
+
+
+def test_a_partial_without_a_name_is_refused_asking_for_one(memory_app: App) -> None:
+    with pytest.raises(ConfigurationError, match=r"give one, @app.task\(name=\.\.\.\)"):
+        memory_app.task(functools.partial(print, "x"))
