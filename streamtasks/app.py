@@ -146,6 +146,12 @@ class App:
         """The queues of the registered tasks, in registration order."""
         return list(dict.fromkeys(task.queue for task in self.tasks.values()))
 
+    @property
+    def known_queues(self) -> list[str]:
+        """Every queue this process has met: the registered tasks' queues, the default queue,
+        and any a call was sent to with `apply_async(queue=...)`."""
+        return list(dict.fromkeys([*self.queues, self.default_queue, *self._keys]))
+
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 

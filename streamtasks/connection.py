@@ -60,7 +60,7 @@ def connect_async(url: str) -> redis.asyncio.Redis:
     """A redis.asyncio client for `url`, for producers in an event loop; like `connect`."""
     if _scheme(url) == "memory":
         server, _ = _memory_server(url)
-        return _fakeredis().FakeAsyncRedis(server=server)  # type: ignore[no-any-return]
+        return fakeredis_module().FakeAsyncRedis(server=server)  # type: ignore[no-any-return]
     try:
         return redis.asyncio.Redis.from_url(
             _server_url(url), retry=AsyncRetry(NoBackoff(), 0), **_options(url)
@@ -98,25 +98,27 @@ def _options(url: str) -> dict[str, Any]:
     return options
 
 
-def _fakeredis() -> Any:
+def fakeredis_module() -> Any:
+    """fakeredis, or ConfigurationError saying how to install it."""
     try:
         import fakeredis
     except ImportError:
         raise ConfigurationError(
-            "memory:// needs fakeredis with Lua: pip install 'fakeredis[lua]'"
+            "memory:// and the pytest fixture need fakeredis: "
+            "pip install 'streamtasks-queue[testing]'"
         ) from None
     return fakeredis
 
 
 def _memory_server(url: str) -> tuple[Any, type | None]:
-    fakeredis = _fakeredis()
+    fakeredis = fakeredis_module()
     name = urlsplit(url).netloc or "default"
     with _memory_lock:
         return _memory_servers.setdefault(name, (fakeredis.FakeServer(), None))
 
 
 def _memory_client(url: str) -> redis.Redis:
-    fakeredis = _fakeredis()
+    fakeredis = fakeredis_module()
     server, connection_class = _memory_server(url)
     if connection_class is None:
         return fakeredis.FakeRedis(server=server)  # type: ignore[no-any-return]
@@ -126,7 +128,7 @@ def _memory_client(url: str) -> redis.Redis:
 def fresh_memory(name: str, connection_class: type | None = None) -> None:
     """Give memory://NAME a new, empty server; its clients are built on `connection_class`, a
     fakeredis connection class, when one is given (streamtasks.testing injects faults so)."""
-    server = _fakeredis().FakeServer()
+    server = fakeredis_module().FakeServer()
     with _memory_lock:
         _memory_servers[name] = (server, connection_class)
 

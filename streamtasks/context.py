@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,15 @@ class TaskContext:
 _current: ContextVar[Callable[[], TaskContext] | None] = ContextVar(
     "streamtasks_current_task", default=None
 )
+
+
+def enter(build: Callable[[], TaskContext]) -> Token[Callable[[], TaskContext] | None]:
+    """In this thread (or task), `current_task()` returns what `build` makes until `leave`."""
+    return _current.set(build)
+
+
+def leave(token: Token[Callable[[], TaskContext] | None]) -> None:
+    _current.reset(token)
 
 
 def current_task() -> TaskContext:

@@ -18,10 +18,20 @@ log = logging.getLogger(__name__)
 
 
 class Outage:
-    """Logs once when Redis becomes unreachable and once when it is back, whatever the threads."""
+    """Logs once when Redis becomes unreachable and once when it is back, whatever the threads.
 
-    def __init__(self, who: str):
+    `clock` and `sleep` are what the retry loops of `call` read the time from and wait with; a
+    test harness gives its own, so a simulated outage costs no real time."""
+
+    def __init__(
+        self,
+        who: str,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.who = who
+        self.clock = clock
+        self.sleep = sleep
         self._since: float | None = None
         self._lock = threading.Lock()
 
@@ -30,7 +40,7 @@ class Outage:
         with self._lock:
             if self._since is not None:
                 return
-            self._since = time.monotonic()
+            self._since = self.clock()
         if logged:
             return
         log.warning(
@@ -46,7 +56,7 @@ class Outage:
         with self._lock:
             if self._since is None:
                 return
-            down = time.monotonic() - self._since
+            down = self.clock() - self._since
             self._since = None
         log.warning(
             "%s: Redis reachable again after %.1fs",
@@ -70,7 +80,7 @@ def call(
 ) -> T:
     """Run `fn`, retrying BrokerUnavailable with backoff until it succeeds, `stop` is set, or
     `give_up_after` seconds pass (then BrokerUnavailable is raised, never much later)."""
-    began = time.monotonic()
+    began = outage.clock()
     try:
         result = fn()
     except BrokerUnavailable as exc:
@@ -83,7 +93,7 @@ def call(
 
     def pause(seconds: float) -> None:
         if stop is None:
-            time.sleep(seconds)
+            outage.sleep(seconds)
         else:
             stop.wait(seconds)
 
@@ -103,7 +113,7 @@ async def acall(
     max_wait: float = 5.0,
 ) -> T:
     """`call` for a coroutine function, waiting with asyncio.sleep so the event loop runs on."""
-    began = time.monotonic()
+    began = outage.clock()
     try:
         result = await fn()
     except BrokerUnavailable as exc:
@@ -135,11 +145,11 @@ def _policy(
 
     def wait(state: tenacity.RetryCallState) -> float:
         pause = backoff(state)
-        return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+        return pause if deadline is None else max(0.0, min(pause, deadline - outage.clock()))
 
     def give_up(state: tenacity.RetryCallState) -> bool:
         stopped = stop is not None and stop.is_set()
-        return stopped or (deadline is not None and time.monotonic() >= deadline)
+        return stopped or (deadline is not None and outage.clock() >= deadline)
 
     return {
         "retry": tenacity.retry_if_exception_type(BrokerUnavailable),

@@ -15,8 +15,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamtasks import retrying
-from streamtasks.broker import SETTLED, Buried
-from streamtasks.context import TaskContext, _current
+from streamtasks.broker import SETTLED, Buried, Reclaimed
+from streamtasks.context import TaskContext, enter, leave
+from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, decide
 
@@ -26,6 +27,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def visibility_timeouts(app: App) -> dict[str, int]:
+    """The tasks whose visibility timeout is their own, and it, in ms."""
+    return {
+        t.name: int(t.options.visibility_timeout * 1000)
+        for t in app.tasks.values()
+        if t.options.visibility_timeout is not None
+    }
+
+
+def reclaim(
+    app: App,
+    keys: QueueKeys,
+    consumer: str,
+    timeouts_ms: dict[str, int],
+    *,
+    cursor: str,
+    own: bool,
+    limit: int | None,
+) -> Reclaimed:
+    """Claim a queue's abandoned entries for `consumer` with the app's settings (`own`: its own
+    too, whatever their idle time); see Broker.reclaim."""
+    return app.broker.reclaim(
+        keys,
+        consumer,
+        cursor=cursor,
+        count=100,
+        max_deliveries=app.max_deliveries,
+        default_timeout_ms=int(app.visibility_timeout * 1000),
+        timeouts_ms=timeouts_ms,
+        own=own,
+        now_ms=int(app.clock() * 1000),
+        result_ttl_ms=int(app.result_ttl * 1000),
+        limit=limit,
+    )
 
 
 def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
@@ -92,14 +129,14 @@ def execute(
     """Run the task behind `d` (decoded, registered); its settle record and seconds taken."""
     message, task = d.message, d.task
     assert message is not None and task is not None
-    token = _current.set(context)
+    token = enter(context)
     began = time.perf_counter()
     try:
         value, exc = task.fn(*message.args, **message.kwargs), None
     except BaseException as error:  # even SystemExit: a task never takes its worker down
         value, exc = None, error
     finally:
-        _current.reset(token)
+        leave(token)
     took = time.perf_counter() - began
     now = app.clock()
     try:

@@ -11,26 +11,37 @@ same Lua scripts) as a worker. The pytest plugin (`streamtasks` fixture) is buil
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import redis
 
-from streamtasks.broker import HANDED_BACK_IDLE_MS, REFUSED, Entry
-from streamtasks.connection import fresh_memory, reset_memory
+from streamtasks import retrying
+from streamtasks.broker import HANDED_BACK_IDLE_MS, REFUSED, Entry, Reclaimed
+from streamtasks.connection import fakeredis_module, fresh_memory, reset_memory
 from streamtasks.errors import DecodeError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import decode
 from streamtasks.outcome import Delivery, Settle, record_for, skipped
 from streamtasks.policy import DeadLetter
-from streamtasks.runs import begin, context_of, execute, report, report_buried
+from streamtasks.retrying import Outage
+from streamtasks.runs import (
+    begin,
+    context_of,
+    execute,
+    reclaim,
+    report,
+    report_buried,
+    visibility_timeouts,
+)
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -39,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["Enqueued", "Harness", "ManualClock", "Ran", "Runner"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: A fixed starting time for manual clocks: whole seconds, so due times in ms are exact.
 EPOCH = 1_700_000_000.0
@@ -102,15 +115,10 @@ class Runner:
     def __init__(self, app: App, queues: Iterable[str] | None = None, name: str = "test-worker"):
         self.app = app
         self.name = name
-        names = list(queues or app.queues or [app.default_queue])
-        self._keys = [app.keys(app.check_queue(q)) for q in names]
-        self._timeouts_ms = {
-            t.name: int(t.options.visibility_timeout * 1000)
-            for t in app.tasks.values()
-            if t.options.visibility_timeout is not None
-        }
+        self._queues = [app.check_queue(q) for q in queues] if queues else None
         self._kill: list[str | None] = []
         self._expire: list[str | None] = []
+        self._told: collections.deque[Ran] = collections.deque()  # dead letters not yet returned
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -129,9 +137,8 @@ class Runner:
     # -- running ---------------------------------------------------------------------------
 
     def drain(self, *, advance: bool = True, max_runs: int = 10_000) -> list[Ran]:
-        """Run until nothing is due (nothing at all, with `advance`); the runs made, in order."""
-        for keys in self._keys:
-            self.app.broker.ensure_group(keys)
+        """Run until nothing is due (nothing at all, with `advance`); the runs made, in order,
+        with a DEAD one for each entry dead-lettered because a worker died on every delivery."""
         ran = self._recover()
         while True:
             one = self.run_one(reclaim=False)
@@ -150,17 +157,22 @@ class Runner:
     def run_one(self, *, reclaim: bool = True) -> Ran | None:
         """Promote what is due, then run one entry: one this consumer held when a run of it died
         (with `reclaim`), one another worker abandoned, or a new one; None if there is none."""
+        if self._told:
+            return self._told.popleft()
         now_ms = int(self.app.clock() * 1000)
-        for keys in self._keys:
-            self.app.broker.ensure_group(keys)
-            self.app.broker.promote(keys, now_ms)
-        for keys in self._keys:
-            found, _ = self._reclaim(keys, own=reclaim)
-            if found:
-                return self._run(keys, found[0])
-        streams = [k.stream for k in self._keys]
-        for stream, entries in self.app.broker.read(streams, self.name, 1, None):
-            keys = next(k for k in self._keys if k.stream == stream)
+        queues = self._keys()
+        for keys in queues:
+            self._io(partial(self.app.broker.ensure_group, keys))
+            self._io(partial(self.app.broker.promote, keys, now_ms))
+        for keys in queues:
+            found = self._reclaim(keys, own=reclaim, cursor="-", limit=1)
+            if found.entries:
+                return self._run(keys, found.entries[0])
+            if self._told:
+                return self._told.popleft()
+        streams = [k.stream for k in queues]
+        for stream, entries in self._io(partial(self.app.broker.read, streams, self.name, 1, None)):
+            keys = next(k for k in queues if k.stream == stream)
             return self._run(keys, entries[0])
         return None
 
@@ -173,11 +185,11 @@ class Runner:
         due now first, in order, then delayed ones by due time."""
         wanted = _name(task)
         found: list[Enqueued] = []
-        for keys in self._keys:
+        for keys in self._keys():
             if queue is not None and keys.queue != queue:
                 continue
-            now = [(None, fields) for _, fields in self.app.broker.waiting(keys)]
-            for due_ms, fields in [*now, *self.app.broker.delayed(keys)]:
+            now = [(None, fields) for _, fields in self._io(partial(self.app.broker.waiting, keys))]
+            for due_ms, fields in [*now, *self._io(partial(self.app.broker.delayed, keys))]:
                 try:
                     m = decode(fields, self.app.codec)
                 except DecodeError:
@@ -202,42 +214,48 @@ class Runner:
             )
         return clock
 
+    def _keys(self) -> list[QueueKeys]:
+        """The queues to run: those given, else every queue the app knows of now."""
+        names = self._queues or self.app.known_queues
+        return [self.app.keys(q) for q in names]
+
+    def _io(self, call: Callable[[], T]) -> T:
+        """A Redis call, riding out an outage as the app's producers do."""
+        return retrying.call(call, self.app.outage, give_up_after=self.app.enqueue_timeout)
+
     def _next_due(self) -> int | None:
-        dues = [self.app.broker.promote(k, int(self.app.clock() * 1000))[1] for k in self._keys]
+        now_ms = int(self.app.clock() * 1000)
+        dues = [self._io(partial(self.app.broker.promote, k, now_ms))[1] for k in self._keys()]
         known = [d for d in dues if d is not None]
         return min(known) if known else None
 
     def _recover(self) -> list[Ran]:
         """One pass over what this consumer held: a run killed now waits for the next drain."""
         ran: list[Ran] = []
-        for keys in self._keys:
+        for keys in self._keys():
+            self._io(partial(self.app.broker.ensure_group, keys))
             cursor = "-"
             while True:
-                found, cursor = self._reclaim(keys, own=True, cursor=cursor, limit=100)
-                ran.extend(self._run(keys, entry) for entry in found)
+                found = self._reclaim(keys, own=True, cursor=cursor, limit=100)
+                ran.extend(self._told)
+                self._told.clear()
+                ran.extend(self._run(keys, entry) for entry in found.entries)
+                cursor = found.cursor
                 if cursor == "-":
                     break
         return ran
 
-    def _reclaim(
-        self, keys: QueueKeys, *, own: bool, cursor: str = "-", limit: int = 1
-    ) -> tuple[list[Entry], str]:
-        found = self.app.broker.reclaim(
-            keys,
-            self.name,
-            cursor=cursor,
-            count=100,
-            max_deliveries=self.app.max_deliveries,
-            default_timeout_ms=int(self.app.visibility_timeout * 1000),
-            timeouts_ms=self._timeouts_ms,
-            own=own,
-            now_ms=int(self.app.clock() * 1000),
-            result_ttl_ms=int(self.app.result_ttl * 1000),
-            limit=limit,
+    def _reclaim(self, keys: QueueKeys, *, own: bool, cursor: str, limit: int) -> Reclaimed:
+        timeouts = visibility_timeouts(self.app)
+        found = self._io(
+            lambda: reclaim(
+                self.app, keys, self.name, timeouts, cursor=cursor, own=own, limit=limit
+            )
         )
         for buried in found.dead:
             report_buried(buried, keys.queue, worker=self.name)
-        return found.entries, found.cursor
+            self._told.append(Ran(buried.task, buried.task_id, keys.queue, buried.attempt, "DEAD"))
+        return found
 
     def _run(self, keys: QueueKeys, entry: Entry) -> Ran:
         app = self.app
@@ -256,10 +274,11 @@ class Runner:
             return self._settle(settle)
         assert d.message is not None
         key = d.message.idempotency_key
-        if key is not None and app.broker.done_flags([(keys.idempotency(key), d.task_id)])[0]:
+        claim = [(keys.idempotency(key), d.task_id)] if key is not None else []
+        if claim and self._io(partial(app.broker.done_flags, claim))[0]:
             return self._settle(skipped(d))
         d.started = True
-        if not begin(d, app, self.name, _call):
+        if not begin(d, app, self.name, self._io):
             return _ran(d, "REFUSED")
         kill, expire = self._armed(self._kill, d), self._armed(self._expire, d)
         settle, _ = execute(
@@ -270,10 +289,15 @@ class Runner:
             log_success=log.isEnabledFor(logging.INFO),
         )
         if kill:
-            log.warning("%s[%s] killed mid-run, as asked", d.task_name, d.task_id)
+            log.warning(
+                "%s[%s] killed after its work and before its ack, as asked",
+                d.task_name,
+                d.task_id,
+            )
             return _ran(d, "KILLED")
         if expire:
-            app.broker.take_over(keys, _OTHER_WORKER, [d.entry_id], HANDED_BACK_IDLE_MS)
+            lost = [d.entry_id]
+            self._io(partial(app.broker.take_over, keys, _OTHER_WORKER, lost, HANDED_BACK_IDLE_MS))
         return self._settle(settle)
 
     def _armed(self, faults: list[str | None], d: Delivery) -> bool:
@@ -285,7 +309,7 @@ class Runner:
 
     def _settle(self, settle: Settle) -> Ran:
         d = settle.delivery
-        (code,) = self.app.broker.settle(d.keys, self.name, [settle.record])
+        (code,) = self._io(partial(self.app.broker.settle, d.keys, self.name, [settle.record]))
         if code == REFUSED:
             log.warning(
                 "%s[%s] finished as %s but another worker took it over meanwhile; its outcome "
@@ -305,7 +329,7 @@ class Harness:
 
     def __init__(self, app: App):
         self.app = app
-        self._saved = (app.url, app.clock)
+        self._saved = (app.url, app.clock, app.outage)
         self._name = f"streamtasks-test-{os.urandom(6).hex()}"
         self._down = _Countdown()
         fresh_memory(self._name, _faulty_connection(self._down))
@@ -313,6 +337,9 @@ class Harness:
         app.url = f"memory://{self._name}"
         self.clock = ManualClock(time.time())
         app.clock = self.clock
+        # An outage of its own, waited out on this clock: redis_down() costs no real time, and
+        # nothing of it is left for the next test.
+        app.outage = Outage(f"app {app.name}", clock=self.clock, sleep=self.clock.advance)
         self.runner = Runner(app)
 
     def drain(self, *, advance: bool = True, max_runs: int = 10_000) -> list[Ran]:
@@ -340,13 +367,14 @@ class Harness:
         self.runner.expire_lease_next(task)
 
     def redis_down(self, calls: int = 1) -> None:
-        """The next `calls` round trips to Redis fail as if it were unreachable; streamtasks
-        rides them out as it does a real outage (producers give up after enqueue_timeout)."""
+        """The next `calls` round trips to Redis fail as if it were unreachable. Producers and
+        drain() ride them out as a real outage, retrying with backoff on the test's clock (no
+        real time passes), and raise BrokerUnavailable once enqueue_timeout has passed on it."""
         self._down.set(calls)
 
     def close(self) -> None:
         self.app.close()
-        self.app.url, self.app.clock = self._saved
+        self.app.url, self.app.clock, self.app.outage = self._saved
         reset_memory(self._name)
 
 
@@ -371,20 +399,15 @@ class _Countdown:
 
 def _faulty_connection(down: _Countdown) -> type:
     """A fakeredis connection class whose round trips fail while `down` counts."""
-    import fakeredis
 
-    class FaultyConnection(fakeredis.FakeRedisConnection):
+    class FaultyConnection(fakeredis_module().FakeRedisConnection):  # type: ignore[misc]
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             if down.take():
-                self.disconnect()  # type: ignore[no-untyped-call]
+                self.disconnect()
                 raise redis.ConnectionError("Redis is down (streamtasks.testing redis_down)")
-            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+            super().send_packed_command(command, check_health)
 
     return FaultyConnection
-
-
-def _call(call: Any) -> Any:
-    return call()
 
 
 def _ran(d: Delivery, status: str) -> Ran:

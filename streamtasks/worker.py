@@ -33,7 +33,15 @@ from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, record_for, skipped
 from streamtasks.policy import DeadLetter, Outcome
-from streamtasks.runs import begin, context_of, execute, report, report_buried
+from streamtasks.runs import (
+    begin,
+    context_of,
+    execute,
+    reclaim,
+    report,
+    report_buried,
+    visibility_timeouts,
+)
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -106,11 +114,7 @@ class Worker:
         self.prune_idle = prune_idle
         self.startup_timeout = startup_timeout
         self._keys = {app.keys(q).stream: app.keys(q) for q in self.queues}
-        self._timeouts_ms = {
-            t.name: int(t.options.visibility_timeout * 1000)
-            for t in app.tasks.values()
-            if t.options.visibility_timeout is not None
-        }
+        self._timeouts_ms = visibility_timeouts(app)
         shortest = min([app.visibility_timeout, *(t / 1000 for t in self._timeouts_ms.values())])
         self._lease_every = shortest / 3
         self.outage = retrying.Outage(f"worker {self.name}")
@@ -478,18 +482,8 @@ class Worker:
     ) -> Reclaimed:
         """Claim abandoned entries of a queue (this consumer's own, with `own`) and accept them
         for the run that `ended` belongs to."""
-        found = self.app.broker.reclaim(
-            keys,
-            self.name,
-            cursor=cursor,
-            count=100,
-            max_deliveries=self.app.max_deliveries,
-            default_timeout_ms=int(self.app.visibility_timeout * 1000),
-            timeouts_ms=self._timeouts_ms,
-            own=own,
-            now_ms=int(self.app.clock() * 1000),
-            result_ttl_ms=int(self.app.result_ttl * 1000),
-            limit=limit,
+        found = reclaim(
+            self.app, keys, self.name, self._timeouts_ms, cursor=cursor, own=own, limit=limit
         )
         if found.entries:
             log.warning(

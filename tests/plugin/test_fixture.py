@@ -146,7 +146,8 @@ def test_a_killed_run_is_redelivered_on_the_next_drain_until_max_deliveries(
             for _ in range(5):  # App max_deliveries
                 streamtasks.kill_next(charge)
                 streamtasks.drain()
-            streamtasks.drain()
+            [dead] = streamtasks.drain()
+            assert (dead.task, dead.id, dead.status) == ("shop.charge", result.id, "DEAD")
             assert result.status == "DEAD"
             [dead] = streamtasks.app.dead_letters("payments").list()
             assert dead.get("error_type") == "MaxDeliveriesExceeded"
@@ -185,12 +186,33 @@ def test_redis_down_for_a_few_calls_is_ridden_out_and_for_longer_is_an_error(
         def test_outage(streamtasks):
             streamtasks.redis_down(calls=2)
             result = place_order.delay("o-1", 1)
+            streamtasks.redis_down(calls=3)
             streamtasks.drain()
             assert result.get(timeout=0)["status"] == "accepted"
 
+            before = streamtasks.clock()
             streamtasks.redis_down(calls=10_000)
             with pytest.raises(BrokerUnavailable):
                 place_order.delay("o-2", 1)
+            assert streamtasks.clock() - before >= app.enqueue_timeout, "waited on the clock"
+
+        def test_next(streamtasks, caplog):
+            place_order.delay("o-3", 1)
+            assert "reachable again" not in caplog.text, "no outage left from the last test"
+        """,
+        passed=2,
+    )
+
+
+def test_a_call_sent_to_another_queue_is_seen_and_run(project: pytest.Pytester) -> None:
+    run(
+        project,
+        """
+        def test_rush(streamtasks):
+            send_receipt.apply_async(("o-1",), queue="rush")
+            [waiting] = streamtasks.enqueued(queue="rush")
+            assert waiting.task == "shop.send_receipt"
+            assert [(r.queue, r.status) for r in streamtasks.drain()] == [("rush", "SUCCESS")]
         """,
         passed=1,
     )
