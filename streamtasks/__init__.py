@@ -25,6 +25,7 @@ from streamtasks.errors import (
     StreamTasksError,
     TaskControl,
     TaskError,
+    TaskRevoked,
     TimeoutError,
 )
 from streamtasks.result import AsyncResult
@@ -51,6 +52,7 @@ __all__ = [
     "TaskContext",
     "TaskControl",
     "TaskError",
+    "TaskRevoked",
     "TimeoutError",
     "Worker",
     "current_task",

@@ -266,6 +266,21 @@ class App:
             give_up_after=self.enqueue_timeout,
         )
 
+    def revoke(self, task_id: str, *, queue: str | None = None) -> None:
+        """Make sure the task `task_id` of `queue` (default: the default queue) never starts;
+        see AsyncResult.revoke."""
+        keys = self.keys(self.check_queue(queue or self.default_queue))
+        retrying.call(
+            lambda: self.broker.revoke(
+                keys,
+                task_id,
+                now_ms=int(self.clock() * 1000),
+                keep_ms=int(self.result_ttl * 1000),
+            ),
+            self.outage,
+            give_up_after=self.enqueue_timeout,
+        )
+
     def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """A handle on a task enqueued earlier, by id (and queue, when not the default)."""
         return AsyncResult(self, task_id, self.check_queue(queue or self.default_queue))

@@ -145,6 +145,14 @@ class ServerInfo(NamedTuple):
         return numbers >= MIN_REDIS
 
 
+class Batch(NamedTuple):
+    """Entries read from one stream; `revocations`: its queue has revoked tasks to look for."""
+
+    stream: str
+    entries: list[Entry]
+    revocations: bool
+
+
 class Buried(NamedTuple):
     """An entry reclaim dead-lettered because it was delivered max_deliveries times."""
 
@@ -216,7 +224,15 @@ class Broker:
         self.server: ServerInfo | None = None  # known once `check_server` has asked
         self._scripts = {
             name: client.register_script(load_script(name))
-            for name in ("enqueue", "settle", "promote", "reclaim", "lease", "prune", "replay")
+            for name in (
+                "enqueue",
+                "settle",
+                "promote",
+                "reclaim",
+                "lease",
+                "prune",
+                "replay",
+            )
         }
 
     # -- the server ------------------------------------------------------------------------
@@ -319,22 +335,47 @@ class Broker:
 
     @_translating
     def read(
-        self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
-    ) -> list[tuple[str, list[Entry]]]:
-        """XREADGROUP new entries from several streams; [(stream, [(id, fields)])]."""
-        try:
-            reply = self._r.xreadgroup(
-                GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
-            )
-        except redis.ResponseError as exc:
-            if not _group_missing(exc):
-                raise
+        self, queues: Sequence[QueueKeys], consumer: str, count: int, block_ms: int | None
+    ) -> list[Batch]:
+        """XREADGROUP new entries from several queues' streams, and in the same round trip, once
+        the read returns, whether each queue has revoked tasks to look for among them."""
+        streams = [k.stream for k in queues]
+        pipe = self._r.pipeline(transaction=False)
+        pipe.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms)
+        for keys in queues:
+            pipe.zcard(keys.revoked)
+        reply, *revoked = pipe.execute(raise_on_error=False)
+        if isinstance(reply, redis.ResponseError):
+            if not _group_missing(reply):
+                raise reply
             self._recreate_groups(streams)
             return []
+        for found in revoked:
+            if isinstance(found, Exception):
+                raise found
+        revoking = {k.stream for k, n in zip(queues, revoked, strict=True) if n}
         return [
-            (_s(stream), [(_s(eid), fields) for eid, fields in entries])
+            Batch(
+                _s(stream), [(_s(eid), fields) for eid, fields in entries], _s(stream) in revoking
+            )
             for stream, entries in (reply or [])
         ]
+
+    @_translating
+    def revoked_among(self, keys: QueueKeys, task_ids: Sequence[str]) -> set[str]:
+        """Those of `task_ids` that are revoked."""
+        if not task_ids:
+            return set()
+        scores = self._r.zmscore(keys.revoked, list(task_ids))
+        return {task_id for task_id, score in zip(task_ids, scores, strict=True) if score}
+
+    @_translating
+    def revoke(self, keys: QueueKeys, task_id: str, *, now_ms: int, keep_ms: int) -> None:
+        """Record a revoked task for `keep_ms`, forgetting those whose time is up (MULTI)."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zremrangebyscore(keys.revoked, "-inf", now_ms)
+        pipe.zadd(keys.revoked, {task_id: now_ms + keep_ms})
+        pipe.execute()
 
     def _recreate_groups(self, streams: Iterable[str]) -> None:
         log.warning(

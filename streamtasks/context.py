@@ -29,6 +29,13 @@ class TaskContext:
     headers: Mapping[str, Any]
     worker: str
     _progress: Callable[[Any], None] = field(default=_nowhere, repr=False, compare=False)
+    _revoked: Callable[[], bool] = field(default=lambda: False, repr=False, compare=False)
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the task was revoked while it runs (one Redis round trip): a long task can
+        look now and then, and stop early."""
+        return self._revoked()
 
     def set_progress(self, value: Any) -> None:
         """Record how far the task has got: any value streamtasks can send, such as a number or

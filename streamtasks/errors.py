@@ -9,6 +9,7 @@
     ├── BrokerUnavailable       Redis could not be reached (after retrying with backoff)
     ├── IdempotencyConflict     an idempotency key already names a different call
     ├── TaskError               the task ran and failed, or was dead-lettered
+    │   └── TaskRevoked         the task was revoked, or expired, before it ran
     ├── TimeoutError            AsyncResult.get() waited longer than its timeout
     └── TaskControl             raised inside a task to steer what happens next
         ├── Retry               run again later (counts against max_retries)
@@ -66,6 +67,14 @@ class TaskError(StreamTasksError):
         self.message = message
         self.traceback = traceback
         self.status = status
+
+
+class TaskRevoked(TaskError):
+    """The task was revoked (`AsyncResult.revoke`), or its `expires` passed, before it started;
+    or, raised by a running task that saw `current_task().revoked`, it stopped on request."""
+
+    def __init__(self, message: str = "revoked while it ran"):
+        super().__init__("TaskRevoked", message, "", "REVOKED")
 
 
 class TimeoutError(StreamTasksError, builtins.TimeoutError):

@@ -56,6 +56,11 @@ class QueueKeys:
         return f"{self._base}:wake"
 
     @cached_property
+    def revoked(self) -> str:
+        """Sorted set of revoked task ids, each scored by when it is forgotten (Unix ms)."""
+        return f"{self._base}:revoked"
+
+    @cached_property
     def result_prefix(self) -> str:
         """What a task id is appended to for its result key (the Lua scripts build them so)."""
         return f"{self._base}:result:"

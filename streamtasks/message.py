@@ -9,6 +9,7 @@ language (see docs/protocol.md)::
     call             msgpack map {"args": [...], "kwargs": {...}, "headers": {...}}
     attempt          optional; which run this is, the first being 1 (the default)
     idempotency_key  optional
+    expires          optional; Unix ms after which the task must not start
 
 Version 1 counted `attempt` from 0 (retries so far) and had no extension types in `call`.
 """
@@ -38,6 +39,7 @@ class Message(NamedTuple):
     headers: Mapping[str, Any] = {}
     attempt: int = 1
     idempotency_key: str | None = None
+    expires_ms: int | None = None
 
 
 #: The built-in types only, for what streamtasks writes itself (errors, dead-letter records).
@@ -71,6 +73,8 @@ def encode(message: Message, codec: Codec = BUILT_IN, max_bytes: int | None = No
         fields["attempt"] = str(message.attempt)
     if message.idempotency_key is not None:
         fields["idempotency_key"] = message.idempotency_key
+    if message.expires_ms is not None:
+        fields["expires"] = str(message.expires_ms)
     return fields
 
 
@@ -116,6 +120,11 @@ def decode(fields: Mapping[bytes, bytes], codec: Codec = BUILT_IN) -> Message:
         raise DecodeError(f"field 'attempt' must be 1 or more, not {attempt}")
     # Refused rather than mangled: two different keys must never decode to the same one.
     key = None if b"idempotency_key" not in fields else _text(fields, b"idempotency_key")
+    raw_expires = fields.get(b"expires")
+    try:
+        expires = None if raw_expires is None else int(raw_expires)
+    except ValueError:
+        raise DecodeError("field 'expires' is not an integer (Unix ms)") from None
     return Message(
         _text(fields, b"id"),
         _text(fields, b"task"),
@@ -124,6 +133,7 @@ def decode(fields: Mapping[bytes, bytes], codec: Codec = BUILT_IN) -> Message:
         headers,
         attempt,
         key,
+        expires,
     )
 
 

@@ -11,7 +11,15 @@ from streamtasks.codec import Codec
 from streamtasks.errors import DecodeError, EncodeError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import SCHEMA_VERSION, Message, decode, flatten, netstring, pack
-from streamtasks.policy import DeadLetter, ErrorInfo, Failed, Outcome, RetryLater, Succeeded
+from streamtasks.policy import (
+    DeadLetter,
+    ErrorInfo,
+    Failed,
+    Outcome,
+    RetryLater,
+    Revoked,
+    Succeeded,
+)
 
 if TYPE_CHECKING:
     from streamtasks.task import Task, TaskOptions
@@ -179,6 +187,10 @@ def record_for(
                 d.entry_id, "a", rkey, ttl_ms, "SUCCESS", data, ikey, ikey_ttl, d.task_id
             )
             return _late(d, record, "SUCCESS", outcome)
+    if isinstance(outcome, Revoked):
+        data = pack(ErrorInfo("TaskRevoked", outcome.reason, "").as_dict())
+        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "REVOKED", data, ikey, "", d.task_id)
+        return _late(d, record, "REVOKED", outcome)
     if isinstance(outcome, Failed):
         data = pack(outcome.error.as_dict())
         record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data, ikey, "", d.task_id)

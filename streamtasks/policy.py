@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamtasks.errors import Reject, Retry
+from streamtasks.errors import Reject, Retry, TaskRevoked
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,14 @@ class DeadLetter:
     error: ErrorInfo
 
 
-Outcome = Succeeded | Failed | RetryLater | DeadLetter
+@dataclass(frozen=True)
+class Revoked:
+    """Not run: revoked, or expired, before it started (status REVOKED, acked)."""
+
+    reason: str
+
+
+Outcome = Succeeded | Failed | RetryLater | DeadLetter | Revoked
 
 
 def backoff_delay(
@@ -89,6 +96,8 @@ def decide(
     run is attempt 1; a task runs at most `max_retries` + 1 times)."""
     if exc is None:
         return Succeeded(value)
+    if isinstance(exc, TaskRevoked):
+        return Revoked(exc.message)
     if isinstance(exc, Reject):
         return DeadLetter(ErrorInfo.of(exc))
     if isinstance(exc, (Retry, *policy.autoretry_for)):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from streamtasks import retrying
 from streamtasks.broker import Entry
 from streamtasks.connection import MAX_BLOCK
-from streamtasks.errors import StreamTasksError, TaskError, TimeoutError
+from streamtasks.errors import StreamTasksError, TaskError, TaskRevoked, TimeoutError
 from streamtasks.keys import QueueKeys
 
 if TYPE_CHECKING:
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 PENDING, STARTED, RETRY = "PENDING", "STARTED", "RETRY"
-SUCCESS, FAILURE, DEAD = "SUCCESS", "FAILURE", "DEAD"
-READY_STATES = frozenset({SUCCESS, FAILURE, DEAD})
+SUCCESS, FAILURE, DEAD, REVOKED = "SUCCESS", "FAILURE", "DEAD", "REVOKED"
+READY_STATES = frozenset({SUCCESS, FAILURE, DEAD, REVOKED})
 
 # Longest single blocking read: a dropped connection is noticed at least this often.
 _MAX_BLOCK_MS = int(MAX_BLOCK * 1000)
@@ -51,7 +51,7 @@ class AsyncResult(Generic[R]):
 
     @property
     def status(self) -> str:
-        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or DEAD."""
+        """PENDING, STARTED, RETRY, SUCCESS, FAILURE, DEAD or REVOKED."""
         fields = retrying.call(
             lambda: self.app.broker.result_last(self._key),
             self.app.outage,
@@ -61,6 +61,13 @@ class AsyncResult(Generic[R]):
 
     def ready(self) -> bool:
         return self.status in READY_STATES
+
+    def revoke(self) -> None:
+        """Make sure the task never starts. Kept in Redis for result_ttl, so it outlives worker
+        restarts: a worker that meets the task, queued or delayed, does not run it and records
+        REVOKED. A task already running sees it through `current_task().revoked`, and ends as
+        REVOKED if it then raises `streamtasks.TaskRevoked`."""
+        self.app.revoke(self.id, queue=self.queue)
 
     @property
     def progress(self) -> Any:
@@ -142,4 +149,6 @@ class AsyncResult(Generic[R]):
         if status == SUCCESS:
             return self.app.codec.unpack(fields[b"data"])  # type: ignore[no-any-return]
         error: dict[str, Any] = self.app.codec.unpack(fields[b"data"])
+        if status == REVOKED:
+            raise TaskRevoked(error["message"])
         raise TaskError(error["type"], error["message"], error["traceback"], status)

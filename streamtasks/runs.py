@@ -19,7 +19,7 @@ from streamtasks.broker import SETTLED, Buried, Reclaimed
 from streamtasks.context import TaskContext, enter, leave
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for
-from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, decide
+from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, Revoked, decide
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -88,6 +88,13 @@ def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
         headers=d.message.headers if d.message else {},
         worker=worker,
         _progress=progress,
+        _revoked=lambda: bool(
+            retrying.call(
+                lambda: app.broker.revoked_among(d.keys, [d.task_id]),
+                app.outage,
+                give_up_after=app.enqueue_timeout,
+            )
+        ),
     )
 
 
@@ -95,6 +102,15 @@ class Io(Protocol):
     """Makes one Redis call, riding out outages as its caller's policy says."""
 
     def __call__(self, call: Callable[[], T], /) -> T: ...
+
+
+def expired(d: Delivery, now: float) -> Revoked | None:
+    """Revoked, if the task's `expires` has passed at `now` and it must not start."""
+    expires_ms = d.message.expires_ms if d.message is not None else None
+    if expires_ms is None or now * 1000 < expires_ms:
+        return None
+    when = dt.datetime.fromtimestamp(expires_ms / 1000, dt.timezone.utc)
+    return Revoked(f"expired at {when.isoformat(timespec='milliseconds')} before it started")
 
 
 def begin(d: Delivery, app: App, worker: str, io: Io) -> bool:
@@ -184,6 +200,9 @@ def report(
         "seconds": took,
         "worker": worker,
     }
+    if isinstance(outcome, Revoked):
+        log.info("%s[%s] not run: %s", d.task_name, d.task_id, outcome.reason, extra=extra)
+        return
     if isinstance(outcome, RetryLater):
         retry = d.options.retry if d.options is not None else None
         most = "" if retry is None else f"/{retry.max_retries + 1}"

@@ -84,15 +84,17 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None = None,
         idempotency_key: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        expires: float | dt.datetime | None = None,
     ) -> AsyncResult[R]:
         """Enqueue with options: another queue, a delay (`countdown` seconds or an aware `eta`),
-        an idempotency key, headers carried to `current_task().headers`.
+        an idempotency key, headers carried to `current_task().headers`, and `expires` (seconds
+        from now, or an aware datetime): a task not started by then is not run (REVOKED).
 
         A second enqueue with the same idempotency key returns the first task's result when the
         call is the same, and raises IdempotencyConflict when it is not; a key whose task failed
         or was dead-lettered is free again (unless the task says `release_key_on_failure=False`).
         """
-        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers)
+        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers, expires)
         broker = self.app.broker
         if out.plain:
             retrying.call(
@@ -124,9 +126,10 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None = None,
         idempotency_key: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        expires: float | dt.datetime | None = None,
     ) -> AsyncResult[R]:
         """`apply_async` for an event loop: the same checks, options and outcomes, awaited."""
-        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers)
+        out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers, expires)
         broker = self.app.abroker
         if out.plain:
             await retrying.acall(
@@ -153,6 +156,7 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None,
         idempotency_key: str | None,
         headers: Mapping[str, Any] | None,
+        expires: float | dt.datetime | None,
     ) -> _Outgoing:
         """Check a call and build what enqueues it; raises before anything is sent."""
         # Every .delay() comes through here: the common case (no key, no delay, the task's own
@@ -163,8 +167,16 @@ class Task(Generic[P, R]):
         key = None
         if idempotency_key is not None or self.options.idempotency_key is not None:
             key = self._key(args, kwargs, idempotency_key)
+        expires_ms = None if expires is None else self._expires_ms(expires)
         message = Message(
-            new_id(), self.options.name, args, kwargs, dict(headers) if headers else {}, 1, key
+            new_id(),
+            self.options.name,
+            args,
+            kwargs,
+            dict(headers) if headers else {},
+            1,
+            key,
+            expires_ms,
         )
         fields = encode(message, self.app.codec, self.app.max_message_bytes)
         claim = None if key is None else self._claim(key, args, kwargs)
@@ -236,6 +248,17 @@ class Task(Generic[P, R]):
             AsyncResult(self.app, task_id, keys, ignore_result=self.options.ignore_result)
             for task_id, _ in found
         ]
+
+    def _expires_ms(self, expires: float | dt.datetime) -> int:
+        if isinstance(expires, dt.datetime):
+            if expires.tzinfo is None:
+                raise ConfigurationError(
+                    "expires must be timezone-aware, e.g. datetime.now(timezone.utc)"
+                )
+            return int(expires.timestamp() * 1000)
+        if not expires >= 0:
+            raise ConfigurationError(f"expires must be seconds >= 0, not {expires!r}")
+        return int((self.app.clock() + expires) * 1000)
 
     def _due_ms(self, countdown: float | None, eta: dt.datetime | None) -> int:
         if countdown is not None and eta is not None:

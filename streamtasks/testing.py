@@ -31,12 +31,13 @@ from streamtasks.errors import DecodeError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import decode
 from streamtasks.outcome import Delivery, Settle, record_for, skipped
-from streamtasks.policy import DeadLetter
+from streamtasks.policy import DeadLetter, Revoked
 from streamtasks.retrying import Outage
 from streamtasks.runs import (
     begin,
     context_of,
     execute,
+    expired,
     reclaim,
     report,
     report_buried,
@@ -170,10 +171,9 @@ class Runner:
                 return self._run(keys, found.entries[0])
             if self._told:
                 return self._told.popleft()
-        streams = [k.stream for k in queues]
-        for stream, entries in self._io(partial(self.app.broker.read, streams, self.name, 1, None)):
-            keys = next(k for k in queues if k.stream == stream)
-            return self._run(keys, entries[0])
+        for batch in self._io(partial(self.app.broker.read, queues, self.name, 1, None)):
+            keys = next(k for k in queues if k.stream == batch.stream)
+            return self._run(keys, batch.entries[0])
         return None
 
     # -- looking -------------------------------------------------------------------------
@@ -261,18 +261,13 @@ class Runner:
         app = self.app
         d = Delivery.parse(keys, entry[0], entry[1], app.tasks, app.codec)
         if d.problem is not None:
-            settle = record_for(
-                d,
-                DeadLetter(d.problem),
-                codec=app.codec,
-                worker=self.name,
-                now=app.clock(),
-                result_ttl=app.result_ttl,
-                idempotency_ttl=app.idempotency_ttl,
-            )
-            report(settle, 0.0, worker=self.name, now=app.clock())
-            return self._settle(settle)
+            return self._settle(self._record(d, DeadLetter(d.problem)))
         assert d.message is not None
+        late = expired(d, app.clock())
+        if late is None and self._io(partial(app.broker.revoked_among, keys, [d.task_id])):
+            late = Revoked("revoked before it started")
+        if late is not None:
+            return self._settle(self._record(d, late))
         key = d.message.idempotency_key
         claim = [(keys.idempotency(key), d.task_id)] if key is not None else []
         if claim and self._io(partial(app.broker.done_flags, claim))[0]:
@@ -299,6 +294,21 @@ class Runner:
             lost = [d.entry_id]
             self._io(partial(app.broker.take_over, keys, _OTHER_WORKER, lost, HANDED_BACK_IDLE_MS))
         return self._settle(settle)
+
+    def _record(self, d: Delivery, outcome: DeadLetter | Revoked) -> Settle:
+        """The record of an entry that is not run, logged as a worker logs it."""
+        app = self.app
+        settle = record_for(
+            d,
+            outcome,
+            codec=app.codec,
+            worker=self.name,
+            now=app.clock(),
+            result_ttl=app.result_ttl,
+            idempotency_ttl=app.idempotency_ttl,
+        )
+        report(settle, 0.0, worker=self.name, now=app.clock())
+        return settle
 
     def _armed(self, faults: list[str | None], d: Delivery) -> bool:
         for i, name in enumerate(faults):

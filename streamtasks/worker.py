@@ -26,17 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import streamtasks
 from streamtasks import retrying
-from streamtasks.broker import GONE, REFUSED, Entry, Reclaimed
+from streamtasks.broker import GONE, REFUSED, Batch, Entry, Reclaimed
 from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery, Settle, record_for, skipped
-from streamtasks.policy import DeadLetter, Outcome
+from streamtasks.policy import DeadLetter, Outcome, Revoked
 from streamtasks.runs import (
     begin,
     context_of,
     execute,
+    expired,
     reclaim,
     report,
     report_buried,
@@ -123,7 +124,7 @@ class Worker:
         self._work: collections.deque[Delivery] = collections.deque()
         self._reading = False
         self._until_idle = False
-        self._streams = list(self._keys)
+        self._rotation = list(self._keys.values())  # read in turns, so no queue starves
         self._settles: queue.SimpleQueue[list[Settle]] = queue.SimpleQueue()
         self._held: dict[tuple[str, str], Delivery] = {}
         self._changed = threading.Condition()
@@ -383,14 +384,15 @@ class Worker:
         empty read ends the run once nothing is left anywhere."""
         # In drain() mode a read is short: it must notice soon that nothing is left.
         block_ms = int((SHORT_BLOCK if self._until_idle else self.block) * 1000)
-        streams = self._streams
-        self._streams = streams[1:] + streams[:1]
+        queues = self._rotation
+        self._rotation = queues[1:] + queues[:1]
         try:
-            batches = self._read(streams, room, block_ms)
+            batches = self._read(queues, room, block_ms)
             # The caller wakes executors for the last batch; earlier ones are not kept waiting
             # while a later one is looked at (its idempotency check is a round trip).
-            for i, (stream, entries) in enumerate(batches):
-                self._accept(self._keys[stream], entries, ended, wake=i < len(batches) - 1)
+            for i, batch in enumerate(batches):
+                keys, last = self._keys[batch.stream], i == len(batches) - 1
+                self._accept(keys, batch.entries, ended, not last, batch.revocations)
             if self._until_idle and not batches and self._idle():
                 self.stop()
         except BrokerUnavailable:
@@ -401,18 +403,18 @@ class Worker:
                 if self._stop.is_set():
                     self._changed.notify_all()  # a shutdown waits for this read
 
-    def _read(self, streams: list[str], room: int, block_ms: int) -> list[tuple[str, list[Entry]]]:
-        """At most `room` new entries from `streams` (COUNT applies to each stream).
+    def _read(self, queues: list[QueueKeys], room: int, block_ms: int) -> list[Batch]:
+        """At most `room` new entries from `queues` (COUNT applies to each stream).
 
         With less room than queues, look at `room` of them (taking turns) without waiting; only if
         they are empty, wait on all of them for one entry each, which may take up to one more
         entry per queue than there is room for, but never lets an empty queue hold up a busy one.
         """
         read = self.app.broker.read
-        if room >= len(streams):
-            return self._io(partial(read, streams, self.name, room // len(streams), block_ms))  # type: ignore[no-any-return]
-        found = self._io(partial(read, streams[:room], self.name, 1, None))
-        return found or self._io(partial(read, streams, self.name, 1, block_ms))  # type: ignore[no-any-return]
+        if room >= len(queues):
+            return self._io(partial(read, queues, self.name, room // len(queues), block_ms))  # type: ignore[no-any-return]
+        found = self._io(partial(read, queues[:room], self.name, 1, None))
+        return found or self._io(partial(read, queues, self.name, 1, block_ms))  # type: ignore[no-any-return]
 
     def _prefetch(self) -> int:
         return min(_MAX_PREFETCH, int(self.concurrency * _SOON / max(self._avg_run, 1e-6)))
@@ -499,11 +501,17 @@ class Worker:
         return found
 
     def _accept(
-        self, keys: QueueKeys, entries: list[Entry], ended: threading.Event, wake: bool = True
+        self,
+        keys: QueueKeys,
+        entries: list[Entry],
+        ended: threading.Event,
+        wake: bool = True,
+        revocations: bool = True,
     ) -> None:
-        """Hold fetched entries and send each to the pool, or settle it at once if it cannot run;
-        `wake=False` leaves waking executors for them to the caller. Entries that arrive after
-        their run `ended` are left pending in Redis, for redelivery."""
+        """Hold fetched entries and send each to the pool, or settle it at once if it cannot run
+        (undecodable, done under its key, revoked); `wake=False` leaves waking executors for them
+        to the caller; `revocations=False`: the queue has no revoked task, no need to look.
+        Entries that arrive after their run `ended` are left pending in Redis, for redelivery."""
         tasks, codec = self.app.tasks, self.app.codec
         deliveries = [Delivery.parse(keys, eid, fields, tasks, codec) for eid, fields in entries]
         with self._changed:
@@ -521,8 +529,14 @@ class Worker:
                 )
             )
             done = {id(d) for d, flag in zip(keyed, flags, strict=True) if flag}
+        revoked: set[str] = set()
+        if revocations:
+            ids = [d.task_id for d in deliveries if d.problem is None]
+            revoked = self._io(partial(self.app.broker.revoked_among, keys, ids))
         for d in deliveries:
-            if d.problem is not None:
+            if d.problem is None and d.task_id in revoked:
+                self._settles.put([self._revoked(d, Revoked("revoked before it started"))])
+            elif d.problem is not None:
                 # Never run: dead-lettered with the reason, atomically with its ack.
                 settle = self._record(d, DeadLetter(d.problem))
                 report(settle, 0.0, worker=self.name, now=self.app.clock())
@@ -592,6 +606,9 @@ class Worker:
         message, task = d.message, d.task
         assert message is not None and task is not None
         d.started = True
+        late = expired(d, self.app.clock())
+        if late is not None:
+            return self._revoked(d, late)
         if not begin(d, self.app, self.name, self._io):
             return None
         settle, took = execute(
@@ -602,6 +619,11 @@ class Worker:
             log_success=self._log_each,
         )
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
+        return settle
+
+    def _revoked(self, d: Delivery, outcome: Revoked) -> Settle:
+        settle = self._record(d, outcome)
+        report(settle, 0.0, worker=self.name, now=self.app.clock())
         return settle
 
     def _record(self, d: Delivery, outcome: Outcome) -> Settle:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from streamtasks import App, Reject, current_task
+from streamtasks import App, Reject, TaskRevoked, current_task
 
 APP_ENV = "STREAMTASKS_E2E_APP"
 VISIBILITY_ENV = "STREAMTASKS_E2E_VISIBILITY"
@@ -142,6 +142,21 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
         t.hold(token)
         current_task().set_progress({"done": items, "of": items})
         return items
+
+    @app.task(name="e2e.watch")
+    def watch(token: str) -> str:
+        """Runs until it is revoked (or its gate opens), looking now and then."""
+        t = traces()
+        t.count_run(token)
+        t.client.rpush(f"{t.prefix}:started", token)
+        gate = f"{t.prefix}:gate"
+        deadline = time.monotonic() + HOLD_LIMIT
+        while not current_task().revoked:
+            if t.client.blmove(gate, gate, 0.05, "RIGHT", "LEFT") is not None:
+                return "finished"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{token} was never revoked")
+        raise TaskRevoked("stopped on request")
 
     @app.task(name="e2e.divide")
     def divide(total: int, parts: int) -> float:

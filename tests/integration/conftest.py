@@ -23,8 +23,8 @@ class Consumer:
 
     def read(self, count: int = 10) -> list[str]:
         self.app.broker.ensure_group(self.keys)
-        batches = self.app.broker.read([self.keys.stream], self.name, count, None)
-        return [entry_id for _, entries in batches for entry_id, _ in entries]
+        batches = self.app.broker.read([self.keys], self.name, count, None)
+        return [entry_id for batch in batches for entry_id, _ in batch.entries]
 
     def reclaim(
         self,

@@ -226,3 +226,16 @@ def test_a_dead_letter_whose_key_another_task_took_is_not_replayed(redis_app: Ap
 
     assert redis_app.dead_letters().replay() == []
     assert len(redis_app.dead_letters()) == 1, "left where it was"
+
+
+def test_a_key_whose_task_was_revoked_runs_a_new_task(redis_app: App) -> None:
+    charge = redis_app.task(name="charge")(lambda order_id: "charged")
+    revoked = charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    revoked.revoke()
+    redis_app.Worker().drain(timeout=10)
+    assert revoked.status == "REVOKED"
+
+    again = charge.apply_async(("o-1",), idempotency_key="pay:o-1")
+    assert again.id != revoked.id
+    redis_app.Worker().drain(timeout=10)
+    assert again.get(timeout=1) == "charged"

@@ -110,6 +110,29 @@ def test_retries_and_delayed_tasks_run_on_the_clock_without_sleeping(
     )
 
 
+def test_expiry_and_revocation_on_the_injected_clock(project: pytest.Pytester) -> None:
+    run(
+        project,
+        """
+        import pytest
+        from streamtasks import TaskRevoked
+
+        def test_expires(streamtasks):
+            stale = send_receipt.apply_async(("o-1",), expires=60)
+            streamtasks.advance(61)
+            assert [r.status for r in streamtasks.drain()] == ["REVOKED"]
+            with pytest.raises(TaskRevoked, match="expired"):
+                stale.get(timeout=0)
+
+        def test_revoked(streamtasks):
+            result = send_receipt.delay("o-2")
+            result.revoke()
+            assert [r.status for r in streamtasks.drain()] == ["REVOKED"]
+        """,
+        passed=2,
+    )
+
+
 def test_each_test_starts_empty(project: pytest.Pytester) -> None:
     run(
         project,

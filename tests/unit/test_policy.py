@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from streamtasks import Reject, Retry
+from streamtasks import Reject, Retry, TaskRevoked
 from streamtasks.policy import (
     DeadLetter,
     Failed,
     RetryLater,
     RetryPolicy,
+    Revoked,
     Succeeded,
     backoff_delay,
     decide,
@@ -136,3 +137,8 @@ def test_the_error_carries_the_traceback_text() -> None:
     assert isinstance(outcome, Failed)
     assert "Traceback" in outcome.error.traceback
     assert "ValueError: boom" in outcome.error.traceback
+
+
+def test_a_task_that_raises_task_revoked_ends_revoked_not_failed() -> None:
+    outcome = decide(RetryPolicy(), 1, TaskRevoked("stopped on request"))
+    assert outcome == Revoked("stopped on request")
