@@ -10,9 +10,9 @@ pytestmark = pytest.mark.timeout(45)
 
 
 def test_the_producer_sees_the_latest_progress_and_get_is_unaffected(scene: Scene) -> None:
-    scene.worker()
     result = scene.task("import_catalog").delay("catalog", 1000)
     assert result.progress is None, "nothing reported before the task starts"
+    scene.worker()
 
     scene.traces.started(timeout=10)
     assert result.progress == {"done": 500, "of": 1000}
