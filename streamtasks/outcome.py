@@ -65,6 +65,10 @@ class Delivery:
         return cls(keys, entry_id, fields, message, task, None, task.options)
 
     @property
+    def is_async(self) -> bool:
+        return self.task is not None and self.task.is_async
+
+    @property
     def task_id(self) -> str:
         return self.message.id if self.message else self.entry_id
 

@@ -7,6 +7,7 @@ with when the next attempt runs, ERROR with the traceback for a failure or a dea
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -142,7 +143,8 @@ def execute(
     context: Callable[[], TaskContext],
     log_success: bool,
 ) -> tuple[Settle, float]:
-    """Run the task behind `d` (decoded, registered); its settle record and seconds taken."""
+    """Run the task behind `d` (decoded, registered) in this thread; its settle record and the
+    seconds it took."""
     message, task = d.message, d.task
     assert message is not None and task is not None
     token = enter(context)
@@ -154,6 +156,49 @@ def execute(
     finally:
         leave(token)
     took = time.perf_counter() - began
+    return finish(d, app, value, exc, took, worker=worker, log_success=log_success), took
+
+
+async def aexecute(
+    d: Delivery,
+    app: App,
+    *,
+    worker: str,
+    context: Callable[[], TaskContext],
+    log_success: bool,
+) -> tuple[Settle, float]:
+    """`execute` for an `async def` task, awaited on the running event loop. Its context is its
+    own asyncio task's, so current_task() answers for it alone."""
+    message, task = d.message, d.task
+    assert message is not None and task is not None
+    token = enter(context)
+    began = time.perf_counter()
+    try:
+        value, exc = await task.fn(*message.args, **message.kwargs), None
+    except asyncio.CancelledError:
+        raise  # the worker is giving the entry back: not an outcome of the task
+    except BaseException as error:  # a task never takes its worker down
+        value, exc = None, error
+    finally:
+        leave(token)
+    took = time.perf_counter() - began
+    return finish(d, app, value, exc, took, worker=worker, log_success=log_success), took
+
+
+def finish(
+    d: Delivery,
+    app: App,
+    value: Any,
+    exc: BaseException | None,
+    took: float,
+    *,
+    worker: str,
+    log_success: bool,
+) -> Settle:
+    """Decide how a run that returned `value` or raised `exc` ends, log it, and build the
+    record that settles it."""
+    task, message = d.task, d.message
+    assert task is not None and message is not None
     now = app.clock()
     try:
         settle = record_for(
@@ -178,7 +223,7 @@ def execute(
         )
     if settle.error is not None or log_success:
         report(settle, took, worker=worker, now=now, exc=exc)
-    return settle, took
+    return settle
 
 
 def report(

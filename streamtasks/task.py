@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.signature = Signature(fn, options.name)
+        #: An `async def` task runs on the worker's event loop, not on one of its threads.
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            type(fn).__call__  # an object whose __call__ is async def
+        )
         self._keys = app.keys(options.queue)  # every .delay() needs them: built once
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

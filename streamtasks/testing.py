@@ -11,6 +11,7 @@ same Lua scripts) as a worker. The pytest plugin (`streamtasks` fixture) is buil
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import logging
@@ -34,6 +35,7 @@ from streamtasks.outcome import Delivery, Settle, record_for, skipped
 from streamtasks.policy import DeadLetter, Revoked
 from streamtasks.retrying import Outage
 from streamtasks.runs import (
+    aexecute,
     begin,
     context_of,
     execute,
@@ -120,6 +122,7 @@ class Runner:
         self._kill: list[str | None] = []
         self._expire: list[str | None] = []
         self._told: collections.deque[Ran] = collections.deque()  # dead letters not yet returned
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -276,12 +279,15 @@ class Runner:
         if not begin(d, app, self.name, self._io):
             return _ran(d, "REFUSED")
         kill, expire = self._armed(self._kill, d), self._armed(self._expire, d)
-        settle, _ = execute(
-            d,
-            app,
-            worker=self.name,
-            context=partial(context_of, d, self.name, app),
-            log_success=log.isEnabledFor(logging.INFO),
+        run = aexecute if d.is_async else execute
+        settle, _ = self._finish(
+            run(
+                d,
+                app,
+                worker=self.name,
+                context=partial(context_of, d, self.name, app),
+                log_success=log.isEnabledFor(logging.INFO),
+            )
         )
         if kill:
             log.warning(
@@ -309,6 +315,22 @@ class Runner:
         )
         report(settle, 0.0, worker=self.name, now=app.clock())
         return settle
+
+    def _finish(self, run: Any) -> tuple[Settle, float]:
+        """A run's result: at once for a plain task; an async one is run to its end on the
+        runner's own event loop, kept from run to run like a worker's."""
+        if not asyncio.iscoroutine(run):
+            return run  # type: ignore[no-any-return]
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(run)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the event loop async tasks ran on, if any did."""
+        if self._loop is not None:
+            self._loop.run_until_complete(self.app.aclose())
+            self._loop.close()
+            self._loop = None
 
     def _armed(self, faults: list[str | None], d: Delivery) -> bool:
         for i, name in enumerate(faults):
@@ -383,6 +405,7 @@ class Harness:
         self._down.set(calls)
 
     def close(self) -> None:
+        self.runner.close()
         self.app.close()
         self.app.url, self.app.clock, self.app.outage = self._saved
         reset_memory(self._name)

@@ -12,9 +12,11 @@ Threads of one worker:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
+import math
 import os
 import queue
 import socket
@@ -31,9 +33,11 @@ from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
+from streamtasks.loop import LoopExecutor
 from streamtasks.outcome import Delivery, Settle, record_for, skipped
 from streamtasks.policy import DeadLetter, Outcome, Revoked
 from streamtasks.runs import (
+    aexecute,
     begin,
     context_of,
     execute,
@@ -93,9 +97,13 @@ class Worker:
         promote_interval: float = 1.0,
         prune_idle: float = 3600.0,
         startup_timeout: float | None = None,
+        async_concurrency: int = 100,
+        loop_stall: float = 0.5,
     ):
-        if concurrency < 1:
-            raise ConfigurationError("concurrency must be at least 1")
+        if concurrency < 1 or async_concurrency < 1:
+            raise ConfigurationError("concurrency and async_concurrency must be at least 1")
+        if not loop_stall > 0:
+            raise ConfigurationError("loop_stall must be > 0")
         if not 0.001 <= block <= MAX_BLOCK:
             raise ConfigurationError(
                 f"block must be between 0.001 s (Redis reads BLOCK 0 as for ever) and {MAX_BLOCK}"
@@ -114,6 +122,16 @@ class Worker:
         self.promote_interval = promote_interval
         self.prune_idle = prune_idle
         self.startup_timeout = startup_timeout
+        # async def tasks run on an event loop, up to async_concurrency at once; a worker whose
+        # queues have none starts no loop.
+        served = [t for t in app.tasks.values() if t.queue in self.queues]
+        self.async_concurrency = async_concurrency if any(t.is_async for t in served) else 0
+        self.loop_stall = loop_stall
+        self._loop: LoopExecutor | None = None
+        # The share of async tasks among entries read lately: the loop's room counts in a read
+        # only as far as async tasks come, so a queue of plain tasks is not read ahead of what
+        # the threads can start (which would keep its entries from other workers).
+        self._async_share = 0.0
         self._keys = {app.keys(q).stream: app.keys(q) for q in self.queues}
         self._timeouts_ms = visibility_timeouts(app)
         shortest = min([app.visibility_timeout, *(t / 1000 for t in self._timeouts_ms.values())])
@@ -293,6 +311,11 @@ class Worker:
         return threading.Thread(target=guarded, name=f"{self.name}-{role}", daemon=True)
 
     def _start_threads(self) -> None:
+        if self.async_concurrency:
+            self._loop = LoopExecutor(
+                self.name, partial(self._run_async, self._ended), stall=self.loop_stall
+            )
+            self._loop.start()
         self._keeper = Keeper(self, self._ended)
         self._threads = [
             self._thread(partial(self._execute_loop, self._ended), f"exec-{i}")
@@ -314,6 +337,9 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_timeout
         for thread in executors:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._loop is not None and not self._loop.wait_idle(deadline - time.monotonic()):
+            # Cancelled async runs record nothing: handed back below, they run elsewhere.
+            self._loop.cancel(timeout=1.0)
         # The keeper's last reclaim may bring entries too; they are handed back with the rest.
         # It stops within its read's block, or later on a connection gone silent: not waited
         # for past that, and what it brings after this run has ended it leaves pending in Redis.
@@ -334,6 +360,9 @@ class Worker:
         self._abort.set()
         settler.join()
         self._threads = []
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
         # Whatever is still held was settled, handed back, or left pending in Redis for
         # redelivery: a next run on this Worker starts from nothing. A task thread still running
         # past shutdown_timeout must not carry on into a next run once _stop is cleared: its run
@@ -423,10 +452,21 @@ class Worker:
         """How many more entries to hold: the pool's size plus what it starts soon, less what is
         waiting or running. Finished runs waiting for the settler are not counted there (they
         hold up nobody), but bounded apart. Called with `_changed` held."""
-        unfinished = sum(1 for d in self._held.values() if not d.finished)
+        unfinished = unfinished_async = 0
+        for d in self._held.values():
+            if not d.finished:
+                unfinished += 1
+                unfinished_async += d.is_async
+        # Room for the threads (what they start soon) and, apart, for the event loop.
+        room = max(0, self.concurrency + self._prefetch() - (unfinished - unfinished_async))
+        room += math.ceil(max(0, self.async_concurrency - unfinished_async) * self._async_share)
         return min(
-            self.concurrency + self._prefetch() - unfinished,
-            self.concurrency + _MAX_PREFETCH + _SETTLE_BATCH - len(self._held),
+            room,
+            self.concurrency
+            + self.async_concurrency
+            + _MAX_PREFETCH
+            + _SETTLE_BATCH
+            - len(self._held),
         )
 
     def _read_room(self) -> int:
@@ -552,6 +592,12 @@ class Worker:
                 self._settles.put([skipped(d)])
             else:
                 runnable.append(d)
+        if self._loop is not None and deliveries:
+            coming = [d for d in runnable if d.is_async]
+            for d in coming:
+                self._loop.submit(d)
+            runnable = [d for d in runnable if not d.is_async]
+            self._async_share = (self._async_share + len(coming) / len(deliveries)) / 2
         if runnable:
             with self._changed:
                 if ended.is_set():
@@ -620,6 +666,40 @@ class Worker:
         )
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
         return settle
+
+    async def _run_async(self, ended: threading.Event, d: Delivery) -> None:
+        """Run an async task on the loop, then hand its record to the settler, as an executor
+        thread does for a plain one."""
+        if ended.is_set():
+            return  # its run is over: the entry stays pending in Redis, for redelivery
+        d.started = True
+        settle: Settle | None = None
+        late = expired(d, self.app.clock())
+        if late is not None:
+            settle = self._revoked(d, late)
+        elif not self._begins_plainly(d) and not await asyncio.to_thread(
+            begin, d, self.app, self.name, self._io
+        ):
+            settle = None
+        else:
+            settle, _ = await aexecute(
+                d,
+                self.app,
+                worker=self.name,
+                context=partial(context_of, d, self.name, self.app),
+                log_success=self._log_each,
+            )
+        d.finished = True
+        if settle is None:
+            self._release([d])
+        else:
+            self._settles.put([settle])
+
+    @staticmethod
+    def _begins_plainly(d: Delivery) -> bool:
+        """Nothing to do before the run: acked late, no STARTED status to write."""
+        options = d.options
+        return options is None or (options.acks_late and not options.track_started)
 
     def _revoked(self, d: Delivery, outcome: Revoked) -> Settle:
         settle = self._record(d, outcome)

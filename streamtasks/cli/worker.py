@@ -41,6 +41,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     show_default=True,
     help="Worker processes, supervised: one that dies is restarted.",
 )
+@click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="async def tasks running at once per process, on its event loop.",
+)
 @URL
 @click.option(
     "-n",
@@ -72,6 +79,7 @@ def worker(
     app: App,
     queues: str | None,
     concurrency: int,
+    async_concurrency: int,
     processes: int,
     url: str | None,
     name: str | None,
@@ -89,6 +97,7 @@ def worker(
             name=name,
             shutdown_timeout=shutdown_timeout,
             startup_timeout=startup_timeout,
+            async_concurrency=async_concurrency,
         )
         app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:

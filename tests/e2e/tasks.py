@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from streamtasks import App, Reject, TaskRevoked, current_task
 
@@ -157,6 +158,24 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{token} was never revoked")
         raise TaskRevoked("stopped on request")
+
+    @app.task(name="e2e.async_hold")
+    async def async_hold(token: str) -> str:
+        """The async twin of hold: many of these wait on one event loop."""
+        client = redis.asyncio.Redis.from_url(app.url)
+        prefix = f"{app.name}:e2e"
+        try:
+            await client.incr(f"{prefix}:runs:{token}")
+            await client.rpush(f"{prefix}:started", token)
+            gate = f"{prefix}:gate"
+            deadline = time.monotonic() + HOLD_LIMIT
+            while await client.blmove(gate, gate, 0.5, "RIGHT", "LEFT") is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gate of {token} never opened")
+            await client.incr(f"{prefix}:done:{token}")
+        finally:
+            await client.aclose()
+        return token
 
     @app.task(name="e2e.divide")
     def divide(total: int, parts: int) -> float:

@@ -152,3 +152,20 @@ def test_a_task_three_times_longer_than_its_visibility_timeout_runs_once(scene: 
     assert scene.traces.runs("long") == 1
     for worker in (left, right):
         assert worker.lines("took over|taken over") == [], worker.log
+
+
+def test_kill_9_with_async_tasks_in_flight_loses_none_of_them(scene: Scene) -> None:
+    doomed = scene.worker("-c", "1", "-n", "doomed")
+    results = [scene.task("async_hold").delay(f"a{i}") for i in range(30)]
+    running = {scene.traces.started(timeout=10) for _ in range(30)}
+    assert len(running) == 30, "all thirty wait at once, on one event loop"
+
+    doomed.kill()
+
+    pending = scene.pending()
+    assert len(pending) == 30 and {p["consumer"].decode() for p in pending} == {"doomed"}
+    scene.traces.open_gate()
+    scene.worker("-c", "1", "-n", "rescuer")
+    assert sorted(r.get(timeout=15) for r in results) == sorted(f"a{i}" for i in range(30))
+    assert all(scene.traces.completions(f"a{i}") == 1 for i in range(30))
+    assert scene.pending() == []

@@ -132,3 +132,19 @@ def test_children_do_not_outlive_a_supervisor_killed_with_sigkill(scene: Scene) 
     worker.kill()
     _, alive = psutil.wait_procs(children, timeout=15)
     assert alive == [], "orphaned workers would run on beside a new supervisor's"
+
+
+def test_sigterm_waits_for_async_tasks_too_and_acks_them(scene: Scene) -> None:
+    worker = scene.worker("-c", "1")
+    results = [scene.task("async_hold").delay(f"a{i}") for i in range(5)]
+    for _ in range(5):
+        scene.traces.started(timeout=10)
+
+    worker.signal(signal.SIGTERM)
+    [said] = worker.wait_for(STOPPING)
+    assert "for 5 running task(s)" in said
+    scene.traces.open_gate()
+
+    assert worker.wait(timeout=10) == 0
+    assert [r.get(timeout=1) for r in results] == [f"a{i}" for i in range(5)]
+    assert scene.pending() == []

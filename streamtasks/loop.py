@@ -1,0 +1,138 @@
+"""The event loop of a worker run: its `async def` tasks run there, many at once, beside the
+threads that run its plain tasks; and the watchdog that names a task blocking the loop.
+
+A task that calls something blocking (time.sleep, a sync HTTP client) inside `async def` holds up
+every other async task of the worker. The loop beats every `stall / 4` seconds; when a beat is
+`stall` late, the watchdog thread looks at the loop thread's stack, finds the run it is in, and
+logs the task's name and the line it is blocked at, once per stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from streamtasks.outcome import Delivery
+
+log = logging.getLogger(__name__)
+
+#: The function whose frame, on the loop thread's stack, holds the delivery being run.
+RUN_FRAME = "aexecute"
+
+
+class LoopExecutor:
+    """One event loop on a thread of its own, running what `submit` is given."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Delivery], Coroutine[Any, Any, None]],
+        *,
+        stall: float = 0.5,
+    ):
+        self.name = name
+        self.stall = stall
+        self._run = run
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name=f"{name}-loop", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = threading.Condition()
+        self._beat = time.monotonic()
+        self._closing = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._watchdog.start()
+
+    def submit(self, d: Delivery) -> None:
+        """Run `d` on the loop (from any thread)."""
+        self._loop.call_soon_threadsafe(self._spawn, d)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs on the loop; False if something still does after `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._tasks, timeout=max(0.0, timeout))
+
+    def cancel(self, timeout: float) -> None:
+        """Cancel what still runs, and wait (up to `timeout`) for it to end."""
+        self._loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self._tasks)])
+        self.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Stop the loop and its watchdog (what runs should have ended: see `cancel`)."""
+        self._closing.set()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)
+        self._watchdog.join(5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- on the loop -----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._tick)
+        self._loop.run_forever()
+
+    def _tick(self) -> None:
+        self._beat = time.monotonic()
+        if not self._closing.is_set():
+            self._loop.call_later(self.stall / 4, self._tick)
+
+    def _spawn(self, d: Delivery) -> None:
+        task = self._loop.create_task(self._run(d), name=f"{d.task_name}[{d.task_id}]")
+        with self._idle:
+            self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        with self._idle:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._idle.notify_all()
+        if not task.cancelled() and task.exception() is not None:
+            log.critical(
+                "worker %s: an async run failed outside its task",
+                self.name,
+                exc_info=task.exception(),
+            )
+
+    # -- the watchdog ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        reported = False
+        while not self._closing.wait(self.stall / 4):
+            late = time.monotonic() - self._beat
+            if late < self.stall:
+                reported = False
+            elif not reported:
+                reported = True
+                self._report(late)
+
+    def _report(self, late: float) -> None:
+        frame = sys._current_frames().get(self._thread.ident or 0)
+        where, task = "?", "a callback outside any task"
+        if frame is not None:
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            while frame is not None:
+                d = frame.f_locals.get("d") if frame.f_code.co_name == RUN_FRAME else None
+                if isinstance(d, Delivery):
+                    task = f"{d.task_name}[{d.task_id}]"
+                    break
+                frame = frame.f_back
+        log.warning(
+            "worker %s: the event loop has been blocked for %.1fs by %s, at %s: every async "
+            "task of this worker waits meanwhile. Await instead, or run blocking code in a "
+            "thread (await asyncio.to_thread(...))",
+            self.name,
+            late,
+            task,
+            where,
+            extra={"worker": self.name, "task": task},
+        )
