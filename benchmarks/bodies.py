@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import redis
+import redis.asyncio
 
 from benchmarks.names import COUNTER, DONE, HOLDING, STAMPS, STARTED
 
@@ -16,6 +17,11 @@ def noop(*args: object) -> None:
 def incr(client: redis.Redis) -> None:
     """One Redis round trip."""
     client.incr(COUNTER)
+
+
+async def aincr(client: redis.asyncio.Redis) -> None:
+    """One Redis round trip, awaited: many are in flight at once on one event loop."""
+    await client.incr(COUNTER)
 
 
 def stamp(client: redis.Redis, enqueued_at: float) -> None:

@@ -112,7 +112,8 @@ def st_worker(
 def _st_fill(variant: str) -> Callable[[str, str, int], None]:
     def fill(url: str, body: str, n: int) -> None:
         module = st()
-        task = getattr(module, f"{body}_result") if variant == "results" else getattr(module, body)
+        suffix = {"results": "_result", "async": "_async"}.get(variant, "")
+        task = getattr(module, f"{body}{suffix}")
         if variant == "keyed":
             for i in range(n):
                 task.apply_async(idempotency_key=f"k{i}")
@@ -132,6 +133,7 @@ VARIANTS = {
     "ignore": "results ignored",
     "results": "results stored",
     "keyed": "idempotency key on every task",
+    "async": "async def, results ignored; INCR on redis.asyncio",
 }
 
 

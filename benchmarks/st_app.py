@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 
 import redis
+import redis.asyncio
 
 from benchmarks import bodies
 from streamtasks import App
@@ -47,6 +49,27 @@ def incr(*args: object) -> None:
 @app.task
 def incr_result(*args: object) -> None:
     bodies.incr(client())
+
+
+@app.task(ignore_result=True)
+async def noop_async(*args: object) -> None:
+    bodies.noop(*args)
+
+
+# One redis.asyncio client per event loop (a worker process has one), made on first use in it.
+_async_clients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+
+
+@app.task(ignore_result=True)
+async def incr_async(*args: object) -> None:
+    loop = asyncio.get_running_loop()
+    found = _async_clients.get(loop)
+    if found is None:
+        # A blocking pool: redis-py's default refuses more than 100 connections, and up to
+        # --async-concurrency INCRs are in flight at once.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(app.url, max_connections=64)
+        found = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
+    await bodies.aincr(found)
 
 
 @app.task

@@ -20,6 +20,8 @@ DEFAULT_URL = "redis://localhost:6379/0"
 
 #: The longest blocking read streamtasks makes (seconds): a worker's read, a wait for a result.
 MAX_BLOCK = 5.0
+#: Connections one event loop opens to Redis at most; more calls in flight wait for one.
+ASYNC_CONNECTIONS = 64
 #: Outlasts MAX_BLOCK, so a read that is merely waiting is never mistaken for a dead connection.
 SOCKET_TIMEOUT = 15.0
 
@@ -62,11 +64,18 @@ def connect_async(url: str) -> redis.asyncio.Redis:
         server, _ = _memory_server(url)
         return fakeredis_module().FakeAsyncRedis(server=server)  # type: ignore[no-any-return]
     try:
-        return redis.asyncio.Redis.from_url(
-            _server_url(url), retry=AsyncRetry(NoBackoff(), 0), **_options(url)
+        # A blocking pool: redis-py's default one refuses a 101st connection outright, and an
+        # event loop easily has more calls in flight than that.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            _server_url(url),
+            max_connections=ASYNC_CONNECTIONS,
+            timeout=None,
+            retry=AsyncRetry(NoBackoff(), 0),
+            **_options(url),
         )
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _scheme(url: str) -> str:

@@ -50,9 +50,14 @@ class LoopExecutor:
         self._thread.start()
         self._watchdog.start()
 
-    def submit(self, d: Delivery) -> None:
-        """Run `d` on the loop (from any thread)."""
-        self._loop.call_soon_threadsafe(self._spawn, d)
+    def submit(self, deliveries: list[Delivery]) -> None:
+        """Run these on the loop (from any thread): one wake-up of the loop for them all."""
+        self._loop.call_soon_threadsafe(self._spawn, deliveries)
+
+    @property
+    def busy(self) -> bool:
+        """Whether anything runs on the loop now."""
+        return bool(self._tasks)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing runs on the loop; False if something still does after `timeout`."""
@@ -85,11 +90,12 @@ class LoopExecutor:
         if not self._closing.is_set():
             self._loop.call_later(self.stall / 4, self._tick)
 
-    def _spawn(self, d: Delivery) -> None:
-        task = self._loop.create_task(self._run(d), name=f"{d.task_name}[{d.task_id}]")
-        with self._idle:
-            self._tasks.add(task)
-        task.add_done_callback(self._done)
+    def _spawn(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            task = self._loop.create_task(self._run(d), name=f"{d.task_name}[{d.task_id}]")
+            with self._idle:
+                self._tasks.add(task)
+            task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         with self._idle:

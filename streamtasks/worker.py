@@ -471,12 +471,14 @@ class Worker:
 
     def _read_room(self) -> int:
         """How many entries to read now, or 0 if no read is due: one is due when nobody else
-        reads and there is room for a batch worth a round trip (half the prefetch, at least one).
-        Called with `_changed` held; the caller reads that many and no more."""
+        reads and there is room for a batch worth a round trip (half the prefetch, and half the
+        event loop's share, at least one). Called with `_changed` held; the caller reads that
+        many and no more."""
         if self._reading:
             return 0
         room = self._room()
-        return room if room >= max(1, self._prefetch() // 2) else 0
+        batch = max(self._prefetch(), int(self.async_concurrency * self._async_share)) // 2
+        return room if room >= max(1, batch) else 0
 
     def _idle(self) -> bool:
         with self._changed:
@@ -594,8 +596,8 @@ class Worker:
                 runnable.append(d)
         if self._loop is not None and deliveries:
             coming = [d for d in runnable if d.is_async]
-            for d in coming:
-                self._loop.submit(d)
+            if coming:
+                self._loop.submit(coming)
             runnable = [d for d in runnable if not d.is_async]
             self._async_share = (self._async_share + len(coming) / len(deliveries)) / 2
         if runnable:
@@ -724,7 +726,8 @@ class Worker:
             first = self._settles.get()
             if first is _STOP:
                 return
-            if self._work:
+            loop = self._loop
+            if self._work or (loop is not None and loop.busy):
                 time.sleep(_SETTLE_LINGER)
             batch = list(first)
             while len(batch) < _SETTLE_BATCH:
