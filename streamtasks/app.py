@@ -129,6 +129,10 @@ class App:
         loop = asyncio.get_running_loop()
         found = self._abrokers.get(loop)
         if found is None:
+            # Clients of loops that have closed (asyncio.run returned) are dropped here: their
+            # connections hold their loop, so it would never leave the weak mapping by itself.
+            for closed in [old for old in self._abrokers if old.is_closed()]:
+                del self._abrokers[closed]
             found = self._abrokers[loop] = AsyncBroker(connect_async(self.url))
         return found
 
@@ -304,7 +308,9 @@ class App:
             await found.close()
 
     def close(self) -> None:
-        """Close the connection pool (a later call opens a new one)."""
+        """Close the connection pool (a later call opens a new one). Event loops' redis.asyncio
+        clients are forgotten too (close them with `await app.aclose()` in their loop)."""
+        self._abrokers.clear()
         with self._lock:
             if self._broker is not None:
                 self._broker.client.close()

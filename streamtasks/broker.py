@@ -375,6 +375,9 @@ class Broker:
         pipe = self._r.pipeline(transaction=True)
         pipe.zremrangebyscore(keys.revoked, "-inf", now_ms)
         pipe.zadd(keys.revoked, {task_id: now_ms + keep_ms})
+        # The set goes when its newest revocation would be forgotten (every one is kept as long),
+        # so a queue with no revoked task left costs its reads nothing more.
+        pipe.pexpire(keys.revoked, keep_ms)
         pipe.execute()
 
     def _recreate_groups(self, streams: Iterable[str]) -> None:

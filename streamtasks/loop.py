@@ -42,7 +42,10 @@ class LoopExecutor:
         self._thread = threading.Thread(target=self._serve, name=f"{name}-loop", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._submitted = 0  # handed over, not yet a task on the loop
         self._idle = threading.Condition()
+        #: Set once the worker cancels what runs: a CancelledError then is not the task's own.
+        self.cancelling = False
         self._beat = time.monotonic()
         self._closing = threading.Event()
 
@@ -52,20 +55,26 @@ class LoopExecutor:
 
     def submit(self, deliveries: list[Delivery]) -> None:
         """Run these on the loop (from any thread): one wake-up of the loop for them all."""
+        with self._idle:
+            self._submitted += len(deliveries)
         self._loop.call_soon_threadsafe(self._spawn, deliveries)
 
     @property
     def busy(self) -> bool:
-        """Whether anything runs on the loop now."""
-        return bool(self._tasks)
+        """Whether anything runs on the loop now, or is about to."""
+        return not self._is_idle()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing runs on the loop; False if something still does after `timeout`."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._tasks, timeout=max(0.0, timeout))
+            return self._idle.wait_for(self._is_idle, timeout=max(0.0, timeout))
+
+    def _is_idle(self) -> bool:
+        return not self._tasks and not self._submitted
 
     def cancel(self, timeout: float) -> None:
         """Cancel what still runs, and wait (up to `timeout`) for it to end."""
+        self.cancelling = True
         self._loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self._tasks)])
         self.wait_idle(timeout)
 
@@ -93,14 +102,17 @@ class LoopExecutor:
     def _spawn(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             task = self._loop.create_task(self._run(d), name=f"{d.task_name}[{d.task_id}]")
+            if self.cancelling:
+                task.cancel()  # submitted as the worker was giving everything back
             with self._idle:
                 self._tasks.add(task)
+                self._submitted -= 1
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         with self._idle:
             self._tasks.discard(task)
-            if not self._tasks:
+            if self._is_idle():
                 self._idle.notify_all()
         if not task.cancelled() and task.exception() is not None:
             log.critical(

@@ -43,6 +43,7 @@ class Delivery:
     started: bool = False
     finished: bool = False  # the run ended; its outcome waits for the settler
     settling: bool = False  # the settler has taken the outcome
+    acked_early: bool = False  # acks_late=False: acked before the run started
 
     @classmethod
     def parse(
@@ -216,8 +217,9 @@ def record_for(
 
 
 def _late(d: Delivery, record: SettleRecord, status: str, outcome: Outcome) -> Settle:
-    """For a task acked on receipt, the final record must neither fence nor ack again."""
-    if d.options is not None and not d.options.acks_late:
+    """For a task acked on receipt, the final record must neither fence nor ack again (one
+    revoked or expired before its run never was acked, and is settled as any other)."""
+    if d.acked_early:
         record = record._replace(action=record.action.upper())
     return Settle(d, record, status, outcome)
 

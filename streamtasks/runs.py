@@ -129,6 +129,7 @@ def begin(d: Delivery, app: App, worker: str, io: Io) -> bool:
                 extra={"task_id": d.task_id, "worker": worker},
             )
             return False
+        d.acked_early = True
     if options.track_started and not options.ignore_result:
         key, ttl_ms = d.keys.result(d.task_id), int(app.result_ttl * 1000)
         io(partial(app.broker.write_status, key, "STARTED", ttl_ms))
@@ -166,17 +167,23 @@ async def aexecute(
     worker: str,
     context: Callable[[], TaskContext],
     log_success: bool,
+    cancelled_here: Callable[[], bool] = lambda: False,
 ) -> tuple[Settle, float]:
     """`execute` for an `async def` task, awaited on the running event loop. Its context is its
-    own asyncio task's, so current_task() answers for it alone."""
+    own asyncio task's, so current_task() answers for it alone. A CancelledError is the worker
+    giving the entry back when `cancelled_here()` says so, and re-raised; one the task raised
+    itself is its failure."""
     message, task = d.message, d.task
     assert message is not None and task is not None
     token = enter(context)
     began = time.perf_counter()
+    exc: BaseException | None = None
     try:
-        value, exc = await task.fn(*message.args, **message.kwargs), None
-    except asyncio.CancelledError:
-        raise  # the worker is giving the entry back: not an outcome of the task
+        value = await task.fn(*message.args, **message.kwargs)
+    except asyncio.CancelledError as error:
+        if cancelled_here():
+            raise  # the worker is giving the entry back: not an outcome of the task
+        value, exc = None, error
     except BaseException as error:  # a task never takes its worker down
         value, exc = None, error
     finally:

@@ -198,6 +198,7 @@ class Worker:
             if not self._connect():
                 return
             self._io(lambda: [self.app.broker.ensure_group(k) for k in self._keys.values()])
+            self._start_loop()  # before recovery: what this consumer held may be async
             self._recover_own()
             self._start_threads()
             log.info(
@@ -310,12 +311,14 @@ class Worker:
 
         return threading.Thread(target=guarded, name=f"{self.name}-{role}", daemon=True)
 
-    def _start_threads(self) -> None:
+    def _start_loop(self) -> None:
         if self.async_concurrency:
             self._loop = LoopExecutor(
                 self.name, partial(self._run_async, self._ended), stall=self.loop_stall
             )
             self._loop.start()
+
+    def _start_threads(self) -> None:
         self._keeper = Keeper(self, self._ended)
         self._threads = [
             self._thread(partial(self._execute_loop, self._ended), f"exec-{i}")
@@ -329,6 +332,7 @@ class Worker:
     def _shutdown(self) -> None:
         if not self._threads:  # failed before any thread started, e.g. on a bad URL
             self._hand_back(self._unstarted(), "not started")
+            self._close_loop()
             self._stop.clear()
             return
         self.stop()
@@ -360,9 +364,7 @@ class Worker:
         self._abort.set()
         settler.join()
         self._threads = []
-        if self._loop is not None:
-            self._loop.close()
-            self._loop = None
+        self._close_loop()
         # Whatever is still held was settled, handed back, or left pending in Redis for
         # redelivery: a next run on this Worker starts from nothing. A task thread still running
         # past shutdown_timeout must not carry on into a next run once _stop is cleared: its run
@@ -372,6 +374,12 @@ class Worker:
             self._ended.set()
         self._stop.clear()
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
+
+    def _close_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel(timeout=1.0)
+            self._loop.close()
+            self._loop = None
 
     def _unstarted(self) -> list[Delivery]:
         with self._changed:
@@ -471,14 +479,13 @@ class Worker:
 
     def _read_room(self) -> int:
         """How many entries to read now, or 0 if no read is due: one is due when nobody else
-        reads and there is room for a batch worth a round trip (half the prefetch, and half the
-        event loop's share, at least one). Called with `_changed` held; the caller reads that
-        many and no more."""
+        reads and there is room for a batch worth a round trip (half the prefetch, at least one).
+        Called with `_changed` held; the caller reads that many and no more. (The event loop's
+        room is not waited for: an idle thread reads what it and the loop can start now.)"""
         if self._reading:
             return 0
         room = self._room()
-        batch = max(self._prefetch(), int(self.async_concurrency * self._async_share)) // 2
-        return room if room >= max(1, batch) else 0
+        return room if room >= max(1, self._prefetch() // 2) else 0
 
     def _idle(self) -> bool:
         with self._changed:
@@ -674,23 +681,40 @@ class Worker:
         thread does for a plain one."""
         if ended.is_set():
             return  # its run is over: the entry stays pending in Redis, for redelivery
+        loop = self._loop
         d.started = True
-        settle: Settle | None = None
-        late = expired(d, self.app.clock())
-        if late is not None:
-            settle = self._revoked(d, late)
-        elif not self._begins_plainly(d) and not await asyncio.to_thread(
-            begin, d, self.app, self.name, self._io
-        ):
-            settle = None
-        else:
-            settle, _ = await aexecute(
-                d,
-                self.app,
-                worker=self.name,
-                context=partial(context_of, d, self.name, self.app),
-                log_success=self._log_each,
+        try:
+            late = expired(d, self.app.clock())
+            if late is not None:
+                settle: Settle | None = self._revoked(d, late)
+            elif not self._begins_plainly(d) and not await asyncio.to_thread(
+                begin, d, self.app, self.name, self._io
+            ):
+                settle = None
+            else:
+                settle, _ = await aexecute(
+                    d,
+                    self.app,
+                    worker=self.name,
+                    context=partial(context_of, d, self.name, self.app),
+                    log_success=self._log_each,
+                    cancelled_here=lambda: loop is not None and loop.cancelling,
+                )
+        except asyncio.CancelledError:
+            raise  # shutdown: the entry is handed back with what still runs
+        except BaseException as exc:  # streamtasks itself failed: stop, as a thread would
+            log.critical(
+                "worker %s: running %s[%s] failed; stopping",
+                self.name,
+                d.task_name,
+                d.task_id,
+                exc_info=True,
+                extra={"worker": self.name},
             )
+            self._crashed = self._crashed or exc
+            self._release([d])
+            self.stop()
+            return
         d.finished = True
         if settle is None:
             self._release([d])

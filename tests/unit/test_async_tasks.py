@@ -108,3 +108,29 @@ def test_the_test_harness_runs_async_tasks_too(memory_app: App) -> None:
         assert result.get(timeout=0) == 42
     finally:
         harness.close()
+
+
+def test_a_worker_restarted_under_its_name_runs_the_async_entries_it_held(memory_app: App) -> None:
+    @memory_app.task(name="fetch")
+    async def fetch(n: int) -> int:
+        await asyncio.sleep(0)
+        return n + 1
+
+    result = fetch.delay(41)
+    keys = memory_app.keys("default")
+    memory_app.broker.ensure_group(keys)
+    assert memory_app.broker.read([keys], "w1", 10, None), "w1 took it, then died"
+
+    memory_app.Worker(name="w1").drain(timeout=10)
+    assert result.get(timeout=0) == 42
+
+
+def test_a_cancelled_error_the_task_raises_itself_is_its_failure(memory_app: App) -> None:
+    @memory_app.task(name="gives_up")
+    async def gives_up() -> None:
+        raise asyncio.CancelledError("the upstream call was cancelled")
+
+    result = gives_up.delay()
+    memory_app.Worker().drain(timeout=10)
+    with pytest.raises(TaskError, match="CancelledError"):
+        result.get(timeout=0)
