@@ -133,7 +133,8 @@ class App:
             # connections hold their loop, so it would never leave the weak mapping by itself.
             for closed in [old for old in self._abrokers if old.is_closed()]:
                 del self._abrokers[closed]
-            found = self._abrokers[loop] = AsyncBroker(connect_async(self.url))
+            found = AsyncBroker(connect_async(self.url), connect_async(self.url))
+            self._abrokers[loop] = found
         return found
 
     def keys(self, queue: str) -> QueueKeys:

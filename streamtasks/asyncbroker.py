@@ -37,12 +37,15 @@ def _s(value: bytes | str) -> str:
 
 
 class AsyncBroker:
-    """The producer's half of `Broker` on one redis.asyncio client, which belongs to the event
-    loop it was made in."""
+    """The producer's half of `Broker` on redis.asyncio clients, which belong to the event loop
+    they were made in: `client` for commands, `waiter` for reads that block waiting for a
+    result, so that many `aget()`s waiting at once never hold up an enqueue."""
 
-    def __init__(self, client: redis.asyncio.Redis):
+    def __init__(self, client: redis.asyncio.Redis, waiter: redis.asyncio.Redis):
         self.client = client
+        self.waiter = waiter
         self._r: Any = client  # replies are read by their known shape, as in Broker
+        self._w: Any = waiter
         self._enqueue = client.register_script(load_script("enqueue"))
         self.server: ServerInfo | None = None
 
@@ -85,7 +88,7 @@ class AsyncBroker:
 
     @_translating
     async def result_entries(self, key: str, after: str, block_ms: int | None) -> list[Entry]:
-        reply = await self._r.xread({key: after}, block=block_ms)
+        reply = await (self._r if block_ms is None else self._w).xread({key: after}, block=block_ms)
         if not reply:
             return []
         return [(_s(eid), fields) for eid, fields in reply[0][1]]
@@ -97,3 +100,4 @@ class AsyncBroker:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.waiter.aclose()

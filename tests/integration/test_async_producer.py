@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from streamtasks import App, IdempotencyConflict, TaskError, TimeoutError
+from streamtasks.connection import ASYNC_CONNECTIONS
 from tests.redis_server import RedisServer
 from tests.unit.support import running
 
@@ -110,3 +111,24 @@ def test_an_async_producer_rides_out_a_short_outage(
     assert app.outage.down is False
     app.Worker().drain(timeout=10)
     assert app.AsyncResult(task_id).get(timeout=1) == "pong"
+
+
+def test_many_aget_calls_waiting_do_not_hold_up_an_enqueue(redis_app: App) -> None:
+    slow = redis_app.task(name="slow")(lambda n: n)
+
+    async def produce() -> float:
+        waiting = [await slow.adelay(n) for n in range(80)]  # no worker: they wait
+        getters = [asyncio.create_task(r.aget(timeout=10)) for r in waiting]
+        while redis_app.broker.client.info("clients")["blocked_clients"] < ASYNC_CONNECTIONS:
+            await asyncio.sleep(0.01)  # until every connection a loop may open is blocked
+        began = asyncio.get_running_loop().time()
+        await slow.adelay(99)
+        took = asyncio.get_running_loop().time() - began
+        for getter in getters:
+            getter.cancel()
+        await asyncio.gather(*getters, return_exceptions=True)
+        await redis_app.aclose()
+        return took
+
+    # Before, the enqueue waited for a blocked read to give its connection back (5 s).
+    assert asyncio.run(produce()) < 2.0, "the enqueue waited behind the blocked reads"
