@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from streamtasks import retrying
@@ -265,26 +265,23 @@ class App:
         """Free an idempotency key of `queue` (default: the default queue) now, so the next
         enqueue with it runs a new task; True if the key was held."""
         keys = self.keys(self.check_queue(queue or self.default_queue))
-        return retrying.call(
-            lambda: self.broker.release(keys, key),
-            self.outage,
-            give_up_after=self.enqueue_timeout,
-        )
+        return self.redis_call(lambda: self.broker.release(keys, key))
 
     def revoke(self, task_id: str, *, queue: str | None = None) -> None:
         """Make sure the task `task_id` of `queue` (default: the default queue) never starts;
         see AsyncResult.revoke."""
         keys = self.keys(self.check_queue(queue or self.default_queue))
-        retrying.call(
-            lambda: self.broker.revoke(
-                keys,
-                task_id,
-                now_ms=int(self.clock() * 1000),
-                keep_ms=int(self.result_ttl * 1000),
-            ),
-            self.outage,
-            give_up_after=self.enqueue_timeout,
-        )
+        now_ms, keep_ms = int(self.clock() * 1000), int(self.result_ttl * 1000)
+        self.redis_call(lambda: self.broker.revoke(keys, task_id, now_ms=now_ms, keep_ms=keep_ms))
+
+    def redis_call(self, call: Callable[[], T]) -> T:
+        """One Redis call made for a producer (or a task, or a test): an outage is ridden out
+        with backoff for up to enqueue_timeout, then BrokerUnavailable is raised."""
+        return retrying.call(call, self.outage, give_up_after=self.enqueue_timeout)
+
+    async def aredis_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`redis_call` for an event loop."""
+        return await retrying.acall(call, self.outage, give_up_after=self.enqueue_timeout)
 
     def AsyncResult(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """A handle on a task enqueued earlier, by id (and queue, when not the default)."""

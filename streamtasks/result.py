@@ -52,11 +52,7 @@ class AsyncResult(Generic[R]):
     @property
     def status(self) -> str:
         """PENDING, STARTED, RETRY, SUCCESS, FAILURE, DEAD or REVOKED."""
-        fields = retrying.call(
-            lambda: self.app.broker.result_last(self._key),
-            self.app.outage,
-            give_up_after=self.app.enqueue_timeout,
-        )
+        fields = self.app.redis_call(lambda: self.app.broker.result_last(self._key))
         return PENDING if fields is None else fields[b"status"].decode()
 
     def ready(self) -> bool:
@@ -72,20 +68,12 @@ class AsyncResult(Generic[R]):
     @property
     def progress(self) -> Any:
         """The latest value the task passed to `current_task().set_progress`, or None."""
-        data = retrying.call(
-            lambda: self.app.broker.progress(self._keys.progress(self.id)),
-            self.app.outage,
-            give_up_after=self.app.enqueue_timeout,
-        )
+        data = self.app.redis_call(lambda: self.app.broker.progress(self._keys.progress(self.id)))
         return None if data is None else self.app.codec.unpack(data)
 
     async def astatus(self) -> str:
         """`status` for an event loop."""
-        fields = await retrying.acall(
-            lambda: self.app.abroker.result_last(self._key),
-            self.app.outage,
-            give_up_after=self.app.enqueue_timeout,
-        )
+        fields = await self.app.aredis_call(lambda: self.app.abroker.result_last(self._key))
         return PENDING if fields is None else fields[b"status"].decode()
 
     def get(self, timeout: float | None = None) -> R:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamtasks import retrying
 from streamtasks.broker import SETTLED, Buried, Reclaimed
 from streamtasks.context import TaskContext, enter, leave
 from streamtasks.keys import QueueKeys
@@ -73,11 +72,10 @@ def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
 
     def progress(value: Any) -> None:
         data = app.codec.pack(value, root="the progress")
-        retrying.call(
-            lambda: app.broker.set_progress(key, data, ttl_ms),
-            app.outage,
-            give_up_after=app.enqueue_timeout,
-        )
+        app.redis_call(lambda: app.broker.set_progress(key, data, ttl_ms))
+
+    def revoked() -> bool:
+        return bool(app.redis_call(lambda: app.broker.revoked_among(d.keys, [d.task_id])))
 
     return TaskContext(
         id=d.task_id,
@@ -89,13 +87,7 @@ def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
         headers=d.message.headers if d.message else {},
         worker=worker,
         _progress=progress,
-        _revoked=lambda: bool(
-            retrying.call(
-                lambda: app.broker.revoked_among(d.keys, [d.task_id]),
-                app.outage,
-                give_up_after=app.enqueue_timeout,
-            )
-        ),
+        _revoked=revoked,
     )
 
 
@@ -112,6 +104,29 @@ def expired(d: Delivery, now: float) -> Revoked | None:
         return None
     when = dt.datetime.fromtimestamp(expires_ms / 1000, dt.timezone.utc)
     return Revoked(f"expired at {when.isoformat(timespec='milliseconds')} before it started")
+
+
+def not_run(d: Delivery, outcome: DeadLetter | Revoked, app: App, worker: str) -> Settle:
+    """The record that settles an entry that is not run (it cannot be, or must not be), logged
+    as a run that ended so would be."""
+    now = app.clock()
+    settle = record_for(
+        d,
+        outcome,
+        codec=app.codec,
+        worker=worker,
+        now=now,
+        result_ttl=app.result_ttl,
+        idempotency_ttl=app.idempotency_ttl,
+    )
+    report(settle, 0.0, worker=worker, now=now)
+    return settle
+
+
+def begins_plainly(d: Delivery) -> bool:
+    """Whether `begin` has nothing to do for `d`: acked late, no STARTED status to write."""
+    options = d.options
+    return options is None or (options.acks_late and not options.track_started)
 
 
 def begin(d: Delivery, app: App, worker: str, io: Io) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from streamtasks import retrying
 from streamtasks.broker import CONFLICT, Claim
 from streamtasks.calls import Signature
 from streamtasks.errors import ConfigurationError, IdempotencyConflict
@@ -102,18 +101,10 @@ class Task(Generic[P, R]):
         out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers, expires)
         broker = self.app.broker
         if out.plain:
-            retrying.call(
-                lambda: broker.add(out.keys, out.fields),
-                self.app.outage,
-                give_up_after=self.app.enqueue_timeout,
-            )
+            self.app.redis_call(lambda: broker.add(out.keys, out.fields))
             return self._result(out.id, out.keys)
-        found = retrying.call(
-            lambda: broker.enqueue(
-                out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim
-            ),
-            self.app.outage,
-            give_up_after=self.app.enqueue_timeout,
+        found = self.app.redis_call(
+            lambda: broker.enqueue(out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim)
         )
         return self._found(found, out)
 
@@ -137,18 +128,10 @@ class Task(Generic[P, R]):
         out = self._outgoing(args, kwargs, queue, countdown, eta, idempotency_key, headers, expires)
         broker = self.app.abroker
         if out.plain:
-            await retrying.acall(
-                lambda: broker.add(out.keys, out.fields),
-                self.app.outage,
-                give_up_after=self.app.enqueue_timeout,
-            )
+            await self.app.aredis_call(lambda: broker.add(out.keys, out.fields))
             return self._result(out.id, out.keys)
-        found = await retrying.acall(
-            lambda: broker.enqueue(
-                out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim
-            ),
-            self.app.outage,
-            give_up_after=self.app.enqueue_timeout,
+        found = await self.app.aredis_call(
+            lambda: broker.enqueue(out.keys, out.id, out.fields, due_ms=out.due_ms, claim=out.claim)
         )
         return self._found(found, out)
 
@@ -241,11 +224,7 @@ class Task(Generic[P, R]):
             batch.append((message.id, fields, None if key is None else self._claim(key, args, {})))
         found: list[tuple[str, int]] = []
         if batch:
-            found = retrying.call(
-                lambda: self.app.broker.add_many(keys, batch),
-                self.app.outage,
-                give_up_after=self.app.enqueue_timeout,
-            )
+            found = self.app.redis_call(lambda: self.app.broker.add_many(keys, batch))
         for (_, _, claim), (task_id, code) in zip(batch, found, strict=True):
             if code == CONFLICT and claim is not None:
                 raise IdempotencyConflict(claim.key, task_id)

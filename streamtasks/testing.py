@@ -18,20 +18,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import redis
 
-from streamtasks import retrying
 from streamtasks.broker import HANDED_BACK_IDLE_MS, REFUSED, Entry, Reclaimed
 from streamtasks.connection import fakeredis_module, fresh_memory, reset_memory
 from streamtasks.errors import DecodeError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import decode
-from streamtasks.outcome import Delivery, Settle, record_for, skipped
+from streamtasks.outcome import Delivery, Settle, skipped
 from streamtasks.policy import DeadLetter, Revoked
 from streamtasks.retrying import Outage
 from streamtasks.runs import (
@@ -40,8 +39,8 @@ from streamtasks.runs import (
     context_of,
     execute,
     expired,
+    not_run,
     reclaim,
-    report,
     report_buried,
     visibility_timeouts,
 )
@@ -166,15 +165,15 @@ class Runner:
         now_ms = int(self.app.clock() * 1000)
         queues = self._keys()
         for keys in queues:
-            self._io(partial(self.app.broker.ensure_group, keys))
-            self._io(partial(self.app.broker.promote, keys, now_ms))
+            self.app.redis_call(partial(self.app.broker.ensure_group, keys))
+            self.app.redis_call(partial(self.app.broker.promote, keys, now_ms))
         for keys in queues:
             found = self._reclaim(keys, own=reclaim, cursor="-", limit=1)
             if found.entries:
                 return self._run(keys, found.entries[0])
             if self._told:
                 return self._told.popleft()
-        for batch in self._io(partial(self.app.broker.read, queues, self.name, 1, None)):
+        for batch in self.app.redis_call(partial(self.app.broker.read, queues, self.name, 1, None)):
             keys = next(k for k in queues if k.stream == batch.stream)
             return self._run(keys, batch.entries[0])
         return None
@@ -191,8 +190,14 @@ class Runner:
         for keys in self._keys():
             if queue is not None and keys.queue != queue:
                 continue
-            now = [(None, fields) for _, fields in self._io(partial(self.app.broker.waiting, keys))]
-            for due_ms, fields in [*now, *self._io(partial(self.app.broker.delayed, keys))]:
+            now = [
+                (None, fields)
+                for _, fields in self.app.redis_call(partial(self.app.broker.waiting, keys))
+            ]
+            for due_ms, fields in [
+                *now,
+                *self.app.redis_call(partial(self.app.broker.delayed, keys)),
+            ]:
                 try:
                     m = decode(fields, self.app.codec)
                 except DecodeError:
@@ -222,13 +227,12 @@ class Runner:
         names = self._queues or self.app.known_queues
         return [self.app.keys(q) for q in names]
 
-    def _io(self, call: Callable[[], T]) -> T:
-        """A Redis call, riding out an outage as the app's producers do."""
-        return retrying.call(call, self.app.outage, give_up_after=self.app.enqueue_timeout)
-
     def _next_due(self) -> int | None:
         now_ms = int(self.app.clock() * 1000)
-        dues = [self._io(partial(self.app.broker.promote, k, now_ms))[1] for k in self._keys()]
+        dues = [
+            self.app.redis_call(partial(self.app.broker.promote, k, now_ms))[1]
+            for k in self._keys()
+        ]
         known = [d for d in dues if d is not None]
         return min(known) if known else None
 
@@ -236,7 +240,7 @@ class Runner:
         """One pass over what this consumer held: a run killed now waits for the next drain."""
         ran: list[Ran] = []
         for keys in self._keys():
-            self._io(partial(self.app.broker.ensure_group, keys))
+            self.app.redis_call(partial(self.app.broker.ensure_group, keys))
             cursor = "-"
             while True:
                 found = self._reclaim(keys, own=True, cursor=cursor, limit=100)
@@ -250,7 +254,7 @@ class Runner:
 
     def _reclaim(self, keys: QueueKeys, *, own: bool, cursor: str, limit: int) -> Reclaimed:
         timeouts = visibility_timeouts(self.app)
-        found = self._io(
+        found = self.app.redis_call(
             lambda: reclaim(
                 self.app, keys, self.name, timeouts, cursor=cursor, own=own, limit=limit
             )
@@ -264,19 +268,21 @@ class Runner:
         app = self.app
         d = Delivery.parse(keys, entry[0], entry[1], app.tasks, app.codec)
         if d.problem is not None:
-            return self._settle(self._record(d, DeadLetter(d.problem)))
+            return self._settle(not_run(d, DeadLetter(d.problem), app, self.name))
         assert d.message is not None
         late = expired(d, app.clock())
-        if late is None and self._io(partial(app.broker.revoked_among, keys, [d.task_id])):
+        if late is None and self.app.redis_call(
+            partial(app.broker.revoked_among, keys, [d.task_id])
+        ):
             late = Revoked("revoked before it started")
         if late is not None:
-            return self._settle(self._record(d, late))
+            return self._settle(not_run(d, late, app, self.name))
         key = d.message.idempotency_key
         claim = [(keys.idempotency(key), d.task_id)] if key is not None else []
-        if claim and self._io(partial(app.broker.done_flags, claim))[0]:
+        if claim and app.redis_call(partial(app.broker.done_flags, claim))[0]:
             return self._settle(skipped(d))
         d.started = True
-        if not begin(d, app, self.name, self._io):
+        if not begin(d, app, self.name, app.redis_call):
             return _ran(d, "REFUSED")
         kill, expire = self._armed(self._kill, d), self._armed(self._expire, d)
         run = aexecute if d.is_async else execute
@@ -298,23 +304,10 @@ class Runner:
             return _ran(d, "KILLED")
         if expire:
             lost = [d.entry_id]
-            self._io(partial(app.broker.take_over, keys, _OTHER_WORKER, lost, HANDED_BACK_IDLE_MS))
+            self.app.redis_call(
+                partial(app.broker.take_over, keys, _OTHER_WORKER, lost, HANDED_BACK_IDLE_MS)
+            )
         return self._settle(settle)
-
-    def _record(self, d: Delivery, outcome: DeadLetter | Revoked) -> Settle:
-        """The record of an entry that is not run, logged as a worker logs it."""
-        app = self.app
-        settle = record_for(
-            d,
-            outcome,
-            codec=app.codec,
-            worker=self.name,
-            now=app.clock(),
-            result_ttl=app.result_ttl,
-            idempotency_ttl=app.idempotency_ttl,
-        )
-        report(settle, 0.0, worker=self.name, now=app.clock())
-        return settle
 
     def _finish(self, run: Any) -> tuple[Settle, float]:
         """A run's result: at once for a plain task; an async one is run to its end on the
@@ -341,7 +334,9 @@ class Runner:
 
     def _settle(self, settle: Settle) -> Ran:
         d = settle.delivery
-        (code,) = self._io(partial(self.app.broker.settle, d.keys, self.name, [settle.record]))
+        (code,) = self.app.redis_call(
+            partial(self.app.broker.settle, d.keys, self.name, [settle.record])
+        )
         if code == REFUSED:
             log.warning(
                 "%s[%s] finished as %s but another worker took it over meanwhile; its outcome "

@@ -34,16 +34,17 @@ from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTask
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.loop import LoopExecutor
-from streamtasks.outcome import Delivery, Settle, record_for, skipped
-from streamtasks.policy import DeadLetter, Outcome, Revoked
+from streamtasks.outcome import Delivery, Settle, skipped
+from streamtasks.policy import DeadLetter, Revoked
 from streamtasks.runs import (
     aexecute,
     begin,
+    begins_plainly,
     context_of,
     execute,
     expired,
+    not_run,
     reclaim,
-    report,
     report_buried,
     visibility_timeouts,
 )
@@ -584,12 +585,11 @@ class Worker:
             revoked = self._io(partial(self.app.broker.revoked_among, keys, ids))
         for d in deliveries:
             if d.problem is None and d.task_id in revoked:
-                self._settles.put([self._revoked(d, Revoked("revoked before it started"))])
+                revoked_now = Revoked("revoked before it started")
+                self._settles.put([not_run(d, revoked_now, self.app, self.name)])
             elif d.problem is not None:
                 # Never run: dead-lettered with the reason, atomically with its ack.
-                settle = self._record(d, DeadLetter(d.problem))
-                report(settle, 0.0, worker=self.name, now=self.app.clock())
-                self._settles.put([settle])
+                self._settles.put([not_run(d, DeadLetter(d.problem), self.app, self.name)])
             elif id(d) in done:
                 log.info(
                     "%s[%s] already done under key %s; not run again",
@@ -663,7 +663,7 @@ class Worker:
         d.started = True
         late = expired(d, self.app.clock())
         if late is not None:
-            return self._revoked(d, late)
+            return not_run(d, late, self.app, self.name)
         if not begin(d, self.app, self.name, self._io):
             return None
         settle, took = execute(
@@ -686,8 +686,8 @@ class Worker:
         try:
             late = expired(d, self.app.clock())
             if late is not None:
-                settle: Settle | None = self._revoked(d, late)
-            elif not self._begins_plainly(d) and not await asyncio.to_thread(
+                settle: Settle | None = not_run(d, late, self.app, self.name)
+            elif not begins_plainly(d) and not await asyncio.to_thread(
                 begin, d, self.app, self.name, self._io
             ):
                 settle = None
@@ -720,28 +720,6 @@ class Worker:
             self._release([d])
         else:
             self._settles.put([settle])
-
-    @staticmethod
-    def _begins_plainly(d: Delivery) -> bool:
-        """Nothing to do before the run: acked late, no STARTED status to write."""
-        options = d.options
-        return options is None or (options.acks_late and not options.track_started)
-
-    def _revoked(self, d: Delivery, outcome: Revoked) -> Settle:
-        settle = self._record(d, outcome)
-        report(settle, 0.0, worker=self.name, now=self.app.clock())
-        return settle
-
-    def _record(self, d: Delivery, outcome: Outcome) -> Settle:
-        return record_for(
-            d,
-            outcome,
-            codec=self.app.codec,
-            worker=self.name,
-            now=self.app.clock(),
-            result_ttl=self.app.result_ttl,
-            idempotency_ttl=self.app.idempotency_ttl,
-        )
 
     # -- settling --------------------------------------------------------------------------
 
