@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import sys
 import threading
@@ -52,6 +53,20 @@ def load_app(target: str) -> App:
     return app
 
 
+def check_limits(soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
+    """A soft and a hard time limit, each None (no limit) or seconds > 0, the soft one shorter."""
+    for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+        if value is not None and not ok:
+            raise ConfigurationError(f"{name} must be None or seconds > 0, not {value!r}")
+    if soft is not None and hard is not None and soft >= hard:
+        raise ConfigurationError(
+            f"soft_time_limit ({soft:g}s) must be shorter than time_limit ({hard:g}s): the soft "
+            "one warns the task, the hard one ends it"
+        )
+    return soft, hard
+
+
 def _default_name(fn: Callable[..., Any]) -> str:
     """module.qualname of a function; a partial or a callable object has none to give."""
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
@@ -81,6 +96,8 @@ class App:
         idempotency_ttl: float = 86_400.0,
         max_message_bytes: int = 512 * 1024,
         enqueue_timeout: float = 10.0,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.name = check_name("app", name)
@@ -98,6 +115,8 @@ class App:
         self.idempotency_ttl = idempotency_ttl
         self.max_message_bytes = max_message_bytes
         self.enqueue_timeout = enqueue_timeout
+        #: Every task's time limits, unless it sets its own: see `App.task`.
+        self.soft_time_limit, self.time_limit = check_limits(soft_time_limit, time_limit)
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: How arguments and results are encoded; `register_type` adds to it.
@@ -177,12 +196,21 @@ class App:
         visibility_timeout: float | None = None,
         idempotency_key: Callable[..., str] | None = None,
         release_key_on_failure: bool = True,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
         self, fn: Callable[P, R] | None = None, /, **options: Any
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
+
+        `soft_time_limit` and `time_limit` (seconds, default the app's) bound one run: at the
+        soft limit SoftTimeLimitExceeded is raised inside the task, which may clean up; at the
+        hard limit the worker stops waiting for it and the run ends as TimeLimitExceeded (an
+        async task is cancelled, a plain task's thread is replaced). Either is retried when it
+        is in `autoretry_for`, else the run is a FAILURE.
+        """
         if fn is not None:
             return self._register(fn, {})
         return lambda f: self._register(f, options)
@@ -202,6 +230,8 @@ class App:
             "visibility_timeout",
             "idempotency_key",
             "release_key_on_failure",
+            "soft_time_limit",
+            "time_limit",
         }
         unknown = set(options) - known
         if unknown:
@@ -227,6 +257,10 @@ class App:
             jitter=options.get("retry_jitter", True),
             autoretry_for=tuple(options.get("autoretry_for", ())),
         )
+        soft, hard = check_limits(
+            options.get("soft_time_limit", self.soft_time_limit),
+            options.get("time_limit", self.time_limit),
+        )
         task = Task(
             self,
             fn,
@@ -240,6 +274,8 @@ class App:
                 visibility_timeout=visibility,
                 idempotency_key=options.get("idempotency_key"),
                 release_key_on_failure=options.get("release_key_on_failure", True),
+                soft_time_limit=soft,
+                time_limit=hard,
             ),
         )
         self.tasks[name] = task

@@ -11,6 +11,8 @@
     ├── TaskError               the task ran and failed, or was dead-lettered
     │   └── TaskRevoked         the task was revoked, or expired, before it ran
     ├── TimeoutError            AsyncResult.get() waited longer than its timeout
+    ├── SoftTimeLimitExceeded   raised inside a task at its soft_time_limit (it may clean up)
+    ├── TimeLimitExceeded       how a run ended that its time_limit stopped
     └── TaskControl             raised inside a task to steer what happens next
         ├── Retry               run again later (counts against max_retries)
         └── Reject              give up now: move the message to the dead-letter stream
@@ -79,6 +81,22 @@ class TaskRevoked(TaskError):
 
 class TimeoutError(StreamTasksError, builtins.TimeoutError):
     """The result was not ready within the timeout."""
+
+
+class SoftTimeLimitExceeded(StreamTasksError):
+    """Raised inside a running task at its `soft_time_limit` (or, if it has one, when it is
+    revoked while it runs): the task may catch it to clean up. In an `async def` task it arrives
+    at the `await` the task waits at; in a plain task, at the next line of Python it runs (a call
+    blocked in C, such as a socket read, sees it when it returns)."""
+
+    def __init__(self, message: str = "the task ran past its soft time limit"):
+        super().__init__(message)
+
+
+class TimeLimitExceeded(StreamTasksError):
+    """How a run ended that ran past its `time_limit`: the worker stopped waiting for it (an
+    `async def` task is cancelled; the thread of a plain one is given up on and replaced) and
+    decided it as this exception, retried if it is in `autoretry_for`, else a FAILURE."""
 
 
 class TaskControl(StreamTasksError):

@@ -57,12 +57,14 @@ class Keeper:
             "promote": w.promote_interval,
             "reclaim": w.reclaim_interval,
             "lease": w._lease_every,
+            "revoked": w.reclaim_interval,
             "prune": 60.0,
         }
         jobs: dict[str, Callable[[], float | None]] = {
             "promote": self._promote,
             "reclaim": self._reclaim,
             "lease": self._renew_leases,
+            "revoked": lambda: w._stop_revoked(self._keep),
             "prune": self._prune,
         }
         now = time.monotonic()

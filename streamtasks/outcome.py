@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -44,6 +44,10 @@ class Delivery:
     finished: bool = False  # the run ended; its outcome waits for the settler
     settling: bool = False  # the settler has taken the outcome
     acked_early: bool = False  # acks_late=False: acked before the run started
+    revoked: bool = False  # revoked while it runs
+    given_up: bool = False  # past its time limit: decided without waiting for the run to end
+    #: Stops the run when it is revoked as it runs, where it can be (see limits.py).
+    interrupt: Callable[[], object] | None = None
 
     @classmethod
     def parse(

@@ -65,9 +65,11 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Revoked:
-    """Not run: revoked, or expired, before it started (status REVOKED, acked)."""
+    """Revoked, or expired, before it started; or revoked while it ran, and stopped (`ran`).
+    Status REVOKED, acked, never retried."""
 
     reason: str
+    ran: bool = False
 
 
 Outcome = Succeeded | Failed | RetryLater | DeadLetter | Revoked
@@ -97,7 +99,7 @@ def decide(
     if exc is None:
         return Succeeded(value)
     if isinstance(exc, TaskRevoked):
-        return Revoked(exc.message)
+        return Revoked(exc.message, ran=True)
     if isinstance(exc, Reject):
         return DeadLetter(ErrorInfo.of(exc))
     if isinstance(exc, (Retry, *policy.autoretry_for)):

@@ -11,13 +11,15 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamtasks.broker import SETTLED, Buried, Reclaimed
 from streamtasks.context import TaskContext, enter, leave
+from streamtasks.errors import SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from streamtasks.keys import QueueKeys
+from streamtasks.limits import ThreadRun
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, Revoked, decide
 
@@ -65,8 +67,11 @@ def reclaim(
     )
 
 
-def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
-    """What `current_task()` says inside the run of `d`."""
+def context_of(
+    d: Delivery, worker: str, app: App, revoked: Callable[[], bool] | None = None
+) -> TaskContext:
+    """What `current_task()` says inside the run of `d`; `revoked` answers `.revoked` (default:
+    ask Redis)."""
     retries = d.options.retry.max_retries if d.options else 0
     key, ttl_ms = d.keys.progress(d.task_id), int(app.result_ttl * 1000)
 
@@ -74,7 +79,7 @@ def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
         data = app.codec.pack(value, root="the progress")
         app.redis_call(lambda: app.broker.set_progress(key, data, ttl_ms))
 
-    def revoked() -> bool:
+    def asked() -> bool:
         return bool(app.redis_call(lambda: app.broker.revoked_among(d.keys, [d.task_id])))
 
     return TaskContext(
@@ -87,7 +92,7 @@ def context_of(d: Delivery, worker: str, app: App) -> TaskContext:
         headers=d.message.headers if d.message else {},
         worker=worker,
         _progress=progress,
-        _revoked=revoked,
+        _revoked=revoked or asked,
     )
 
 
@@ -158,20 +163,33 @@ def execute(
     worker: str,
     context: Callable[[], TaskContext],
     log_success: bool,
-) -> tuple[Settle, float]:
+    thread: ThreadRun | None = None,
+) -> tuple[Settle | None, float]:
     """Run the task behind `d` (decoded, registered) in this thread; its settle record and the
-    seconds it took."""
+    seconds it took. With a `thread` (the run has time limits), the record is None if the worker
+    gave up on the run before it ended: its outcome was decided without it."""
     message, task = d.message, d.task
     assert message is not None and task is not None
     token = enter(context)
     began = time.perf_counter()
+    given_up = False
     try:
-        value, exc = task.fn(*message.args, **message.kwargs), None
-    except BaseException as error:  # even SystemExit: a task never takes its worker down
-        value, exc = None, error
+        try:
+            value, exc = task.fn(*message.args, **message.kwargs), None
+        except BaseException as error:  # even SystemExit: a task never takes its worker down
+            value, exc = None, error
     finally:
+        # Whatever was raised in this thread up to here, nothing is after `end`.
+        while thread is not None:
+            try:
+                given_up = thread.end()
+                break
+            except (SoftTimeLimitExceeded, TimeLimitExceeded):
+                continue
         leave(token)
     took = time.perf_counter() - began
+    if given_up:
+        return None, took
     return finish(d, app, value, exc, took, worker=worker, log_success=log_success), took
 
 
@@ -183,18 +201,20 @@ async def aexecute(
     context: Callable[[], TaskContext],
     log_success: bool,
     cancelled_here: Callable[[], bool] = lambda: False,
+    watch: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]] = lambda coro: coro,
 ) -> tuple[Settle, float]:
     """`execute` for an `async def` task, awaited on the running event loop. Its context is its
     own asyncio task's, so current_task() answers for it alone. A CancelledError is the worker
-    giving the entry back when `cancelled_here()` says so, and re-raised; one the task raised
-    itself is its failure."""
+    giving the entry back (or giving up on the run) when `cancelled_here()` says so, and
+    re-raised; one the task raised itself, or a revocation's, is its outcome. `watch` wraps the
+    task's coroutine before it is awaited (see limits.Interruptible)."""
     message, task = d.message, d.task
     assert message is not None and task is not None
     token = enter(context)
     began = time.perf_counter()
     exc: BaseException | None = None
     try:
-        value = await task.fn(*message.args, **message.kwargs)
+        value = await watch(task.fn(*message.args, **message.kwargs))
     except asyncio.CancelledError as error:
         if cancelled_here():
             raise  # the worker is giving the entry back: not an outcome of the task
@@ -222,6 +242,8 @@ def finish(
     task, message = d.task, d.message
     assert task is not None and message is not None
     now = app.clock()
+    if exc is not None and d.revoked and not isinstance(exc, TaskRevoked):
+        exc = TaskRevoked("revoked while it ran")  # however it ended, it is not retried
     try:
         settle = record_for(
             d,
@@ -268,7 +290,8 @@ def report(
         "worker": worker,
     }
     if isinstance(outcome, Revoked):
-        log.info("%s[%s] not run: %s", d.task_name, d.task_id, outcome.reason, extra=extra)
+        ended = "stopped" if outcome.ran else "not run"
+        log.info("%s[%s] %s: %s", d.task_name, d.task_id, ended, outcome.reason, extra=extra)
         return
     if isinstance(outcome, RetryLater):
         retry = d.options.retry if d.options is not None else None

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 SUPERVISED_ENV = "STREAMTASKS_SUPERVISED"
 #: click's exit status for a usage error.
 USAGE_ERROR = 2
+#: A child's exit status when it gave up on a thread stuck past a task's time limit, and wants
+#: a new process in its place at once.
+REPLACE_ME = 3
 _RESTART_DELAY_MAX = 30.0
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _HEALTHY_AFTER = 60.0
@@ -129,6 +132,14 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
                 on_signal(signal.SIGTERM, None)
                 exit_code = USAGE_ERROR
                 break
+            if code == REPLACE_ME:
+                log.warning(
+                    "worker %s left a task's thread stuck past its time limit; a new process "
+                    "takes its place",
+                    child,
+                )
+                start(child)
+                continue
             lived = time.monotonic() - started[child]
             delays[child] = (
                 0.5 if lived > _HEALTHY_AFTER else min(_RESTART_DELAY_MAX, delays[child] * 2)

@@ -41,6 +41,8 @@ class TaskOptions:
     visibility_timeout: float | None = None
     idempotency_key: Callable[..., str] | None = None
     release_key_on_failure: bool = True
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
 
 
 class Task(Generic[P, R]):

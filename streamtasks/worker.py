@@ -22,7 +22,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -30,19 +30,29 @@ import streamtasks
 from streamtasks import retrying
 from streamtasks.broker import GONE, REFUSED, Batch, Entry, Reclaimed
 from streamtasks.connection import MAX_BLOCK, masked
-from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
+from streamtasks.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    SoftTimeLimitExceeded,
+    StreamTasksError,
+    TimeLimitExceeded,
+    TimeoutError,
+)
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
+from streamtasks.limits import Alarms, Interruptible, RevokedWhileRunning, ThreadRun
 from streamtasks.loop import LoopExecutor
 from streamtasks.outcome import Delivery, Settle, skipped
 from streamtasks.policy import DeadLetter, Revoked
 from streamtasks.runs import (
+    Io,
     aexecute,
     begin,
     begins_plainly,
     context_of,
     execute,
     expired,
+    finish,
     not_run,
     reclaim,
     report_buried,
@@ -100,6 +110,7 @@ class Worker:
         startup_timeout: float | None = None,
         async_concurrency: int = 100,
         loop_stall: float = 0.5,
+        exit_on_stuck: bool = False,
     ):
         if concurrency < 1 or async_concurrency < 1:
             raise ConfigurationError("concurrency and async_concurrency must be at least 1")
@@ -128,6 +139,13 @@ class Worker:
         served = [t for t in app.tasks.values() if t.queue in self.queues]
         self.async_concurrency = async_concurrency if any(t.is_async for t in served) else 0
         self.loop_stall = loop_stall
+        # A plain task past its time limit leaves a thread behind: replaced by another, or, with
+        # exit_on_stuck (a supervised process), the worker stops so that a new process starts.
+        self.exit_on_stuck = exit_on_stuck
+        #: Set when the worker stopped because of a thread it gave up on (see exit_on_stuck).
+        self.stuck = False
+        self._given_up = 0
+        self._alarms = Alarms(self.name)
         self._loop: LoopExecutor | None = None
         # The share of async tasks among entries read lately: the loop's room counts in a read
         # only as far as async tasks come, so a queue of plain tasks is not read ahead of what
@@ -148,7 +166,8 @@ class Worker:
         self._held: dict[tuple[str, str], Delivery] = {}
         self._changed = threading.Condition()
         self._avg_run = 1.0
-        self._threads: list[threading.Thread] = []
+        self._executors: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # the settler and the keeper
         self._crashed: BaseException | None = None
         self._log_each = False
         self._keeper: Keeper | None = None
@@ -321,14 +340,19 @@ class Worker:
 
     def _start_threads(self) -> None:
         self._keeper = Keeper(self, self._ended)
+        for _ in range(self.concurrency):
+            self._add_executor(self._ended)
         self._threads = [
-            self._thread(partial(self._execute_loop, self._ended), f"exec-{i}")
-            for i in range(self.concurrency)
+            self._thread(self._settle_loop, "settle"),
+            self._thread(self._keeper.run, "keeper"),
         ]
-        self._threads.append(self._thread(self._settle_loop, "settle"))
-        self._threads.append(self._thread(self._keeper.run, "keeper"))
         for thread in self._threads:
             thread.start()
+
+    def _add_executor(self, ended: threading.Event) -> None:
+        thread = self._thread(partial(self._execute_loop, ended), f"exec-{next(_worker_numbers)}")
+        self._executors.append(thread)
+        thread.start()
 
     def _shutdown(self) -> None:
         if not self._threads:  # failed before any thread started, e.g. on a bad URL
@@ -338,9 +362,9 @@ class Worker:
             return
         self.stop()
         self._hand_back(self._unstarted(), "not started")
-        executors, settler, keeper = self._threads[:-2], self._threads[-2], self._threads[-1]
+        settler, keeper = self._threads
         deadline = time.monotonic() + self.shutdown_timeout
-        for thread in executors:
+        for thread in list(self._executors):  # not those given up on: they left the list
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._loop is not None and not self._loop.wait_idle(deadline - time.monotonic()):
             # Cancelled async runs record nothing: handed back below, they run elsewhere.
@@ -364,8 +388,9 @@ class Worker:
         # in Redis and is redelivered, which is safe; hanging on to it is not.
         self._abort.set()
         settler.join()
-        self._threads = []
+        self._threads, self._executors = [], []
         self._close_loop()
+        self._alarms.close()
         # Whatever is still held was settled, handed back, or left pending in Redis for
         # redelivery: a next run on this Worker starts from nothing. A task thread still running
         # past shutdown_timeout must not carry on into a next run once _stop is cleared: its run
@@ -514,6 +539,32 @@ class Worker:
             ]
         return _by_queue(held)
 
+    def _stop_revoked(self, io: Io) -> None:
+        """Look for revocations of the tasks running here (asking Redis through `io`), and stop
+        those that can be: an async task is cancelled, a plain one with a soft time limit gets
+        RevokedWhileRunning; any of them sees `current_task().revoked` from now on."""
+        with self._changed:
+            running = [
+                d
+                for d in self._held.values()
+                if d.started and not d.finished and not d.revoked and d.problem is None
+            ]
+        for keys, group in _by_queue(running):
+            revoked = io(partial(self.app.broker.revoked_among, keys, [d.task_id for d in group]))
+            for d in group:
+                if d.task_id not in revoked:
+                    continue
+                d.revoked = True
+                log.info(
+                    "%s[%s] was revoked while it runs%s",
+                    d.task_name,
+                    d.task_id,
+                    "; stopping it" if d.interrupt else "",
+                    extra={"task_id": d.task_id, "worker": self.name},
+                )
+                if d.interrupt is not None:
+                    d.interrupt()
+
     def _recover_own(self) -> None:
         """Re-run what this consumer (same name) held when it last stopped."""
         for keys in self._keys.values():
@@ -648,13 +699,13 @@ class Worker:
             if d is None:
                 continue
             settle = self._execute(d)
-            d.finished = True
-            # Handed over at once, never held back for a batch: a finished run that is not
-            # settled has no result, no ack and no idempotency mark. The settler batches anyway.
+            if d.given_up:
+                return  # decided and replaced: this thread is done with the worker
             if settle is None:
+                d.finished = True
                 self._release([d])
             else:
-                self._settles.put([settle])
+                self._decided(d, settle)
 
     def _execute(self, d: Delivery) -> Settle | None:
         """Run one task; its settle record, or None when it must not run (acked elsewhere)."""
@@ -666,15 +717,65 @@ class Worker:
             return not_run(d, late, self.app, self.name)
         if not begin(d, self.app, self.name, self._io):
             return None
+        soft, hard = d.options.soft_time_limit, d.options.time_limit  # type: ignore[union-attr]
+        thread, alarms = None, []
+        if soft is not None or hard is not None:
+            thread, now = ThreadRun(), time.monotonic()
+            if soft is not None:
+                interrupt = partial(thread.interrupt, SoftTimeLimitExceeded)
+                alarms.append(self._alarms.at(now + soft, interrupt))
+                d.interrupt = partial(thread.interrupt, RevokedWhileRunning)
+            if hard is not None:
+                alarms.append(self._alarms.at(now + hard, partial(self._give_up, d, thread)))
         settle, took = execute(
             d,
             self.app,
             worker=self.name,
-            context=partial(context_of, d, self.name, self.app),
+            context=partial(context_of, d, self.name, self.app, lambda: d.revoked),
             log_success=self._log_each,
+            thread=thread,
         )
+        for alarm in alarms:
+            alarm.cancel()
         self._avg_run = 0.8 * self._avg_run + 0.2 * took
         return settle
+
+    def _give_up(self, d: Delivery, thread: ThreadRun) -> None:
+        """A plain task ran past its time limit: decide its run without it and let another
+        thread take its place (or, with exit_on_stuck, stop so a new process takes this one's)."""
+        where = thread.where()
+        if not thread.give_up():
+            return  # it ended just now
+        limit = d.options.time_limit if d.options is not None else None
+        assert limit is not None
+        d.given_up = True
+        self._given_up += 1
+        exc = TimeLimitExceeded(f"ran past its time limit of {limit:g}s; it was at {where}")
+        self._decided(d, finish(d, self.app, None, exc, limit, worker=self.name, log_success=False))
+        replaced = "the worker stops, to be replaced" if self.exit_on_stuck else "replaced"
+        log.warning(
+            "worker %s: the thread running %s[%s] was given up on and %s; it runs on until the "
+            "task returns (%d given up so far)",
+            self.name,
+            d.task_name,
+            d.task_id,
+            replaced,
+            self._given_up,
+            extra={"worker": self.name, "task_id": d.task_id},
+        )
+        with self._changed:
+            self._executors = [t for t in self._executors if t.ident != thread.ident]
+        if self.exit_on_stuck:
+            self.stuck = True
+            self.stop()
+        elif not self._ended.is_set():
+            self._add_executor(self._ended)
+
+    def _decided(self, d: Delivery, settle: Settle) -> None:
+        """A run decided: its record goes to the settler at once, never held back for a batch
+        (a finished run that is not settled has no result, no ack and no idempotency mark)."""
+        d.finished = True
+        self._settles.put([settle])
 
     async def _run_async(self, ended: threading.Event, d: Delivery) -> None:
         """Run an async task on the loop, then hand its record to the settler, as an executor
@@ -683,6 +784,7 @@ class Worker:
             return  # its run is over: the entry stays pending in Redis, for redelivery
         loop = self._loop
         d.started = True
+        alarms: list[asyncio.TimerHandle] = []
         try:
             late = expired(d, self.app.clock())
             if late is not None:
@@ -696,11 +798,14 @@ class Worker:
                     d,
                     self.app,
                     worker=self.name,
-                    context=partial(context_of, d, self.name, self.app),
+                    context=partial(context_of, d, self.name, self.app, lambda: d.revoked),
                     log_success=self._log_each,
-                    cancelled_here=lambda: loop is not None and loop.cancelling,
+                    cancelled_here=lambda: d.given_up or (loop is not None and loop.cancelling),
+                    watch=partial(self._limit_async, d, alarms),
                 )
         except asyncio.CancelledError:
+            if d.given_up:
+                return  # past its time limit: decided already
             raise  # shutdown: the entry is handed back with what still runs
         except BaseException as exc:  # streamtasks itself failed: stop, as a thread would
             log.critical(
@@ -715,11 +820,46 @@ class Worker:
             self._release([d])
             self.stop()
             return
-        d.finished = True
+        finally:
+            for alarm in alarms:
+                alarm.cancel()
+        if d.given_up:
+            return  # it ended after all, but its outcome was decided at its time limit
         if settle is None:
+            d.finished = True
             self._release([d])
         else:
-            self._settles.put([settle])
+            self._decided(d, settle)
+
+    def _limit_async(
+        self, d: Delivery, alarms: list[asyncio.TimerHandle], coro: Coroutine[Any, Any, Any]
+    ) -> Awaitable[Any]:
+        """Set the alarms that stop an async run at its time limits, and make its revocation
+        cancel it; the awaitable to run it by."""
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        d.interrupt = partial(loop.call_soon_threadsafe, task.cancel)
+        soft, hard = d.options.soft_time_limit, d.options.time_limit  # type: ignore[union-attr]
+        if hard is not None:
+            alarms.append(loop.call_later(hard, self._give_up_async, d, task, hard))
+        if soft is None:
+            return coro
+        softened = Interruptible(coro)
+
+        def soften() -> None:
+            softened.soften()
+            task.cancel()
+
+        alarms.append(loop.call_later(soft, soften))
+        return softened
+
+    def _give_up_async(self, d: Delivery, task: asyncio.Task[Any], limit: float) -> None:
+        """An async task ran past its time limit: decide its run as TimeLimitExceeded and
+        cancel it; should it go on all the same, whatever it ends with is dropped."""
+        d.given_up = True
+        exc = TimeLimitExceeded(f"ran past its time limit of {limit:g}s and was cancelled")
+        self._decided(d, finish(d, self.app, None, exc, limit, worker=self.name, log_success=False))
+        task.cancel()
 
     # -- settling --------------------------------------------------------------------------
 

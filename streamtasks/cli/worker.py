@@ -16,7 +16,7 @@ import click
 from streamtasks.app import App
 from streamtasks.cli.options import APP, URL, queue_list, use_url
 from streamtasks.errors import StreamTasksError
-from streamtasks.supervisor import SUPERVISED_ENV, Signals, supervise
+from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, Signals, supervise
 from streamtasks.worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -90,6 +90,11 @@ def worker(
     """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; another one a second or more
     later exits at once (two within a second count as one)."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    # A supervised child takes orders from its supervisor only. A signal sent to the whole
+    # process group (Ctrl-C, systemd's stop) reaches it twice, directly and forwarded, so it
+    # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.
+    # And it leaves no thread behind: one stuck past a time limit, it exits to be replaced.
+    supervised = os.environ.get(SUPERVISED_ENV) == "1"
     try:
         w = use_url(app, url).Worker(
             queue_list(queues),
@@ -98,6 +103,7 @@ def worker(
             shutdown_timeout=shutdown_timeout,
             startup_timeout=startup_timeout,
             async_concurrency=async_concurrency,
+            exit_on_stuck=supervised,
         )
         app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:
@@ -106,11 +112,6 @@ def worker(
         sys.exit(supervise(sys.argv, processes, name))
     log = logging.getLogger(__name__)
     signals = Signals()
-
-    # A supervised child takes orders from its supervisor only. A signal sent to the whole
-    # process group (Ctrl-C, systemd's stop) reaches it twice, directly and forwarded, so it
-    # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.
-    supervised = os.environ.get(SUPERVISED_ENV) == "1"
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         heard = signals.heard()
@@ -138,6 +139,8 @@ def worker(
     gc.collect()
     gc.freeze()
     _run_awake_to_signals(w)
+    if w.stuck:
+        sys.exit(REPLACE_ME)
 
 
 def _run_awake_to_signals(w: Worker) -> None:

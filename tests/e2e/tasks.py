@@ -8,6 +8,7 @@ can tell how often each one started and how often it completed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from streamtasks import App, Reject, TaskRevoked, current_task
+from streamtasks import (
+    App,
+    Reject,
+    SoftTimeLimitExceeded,
+    TaskRevoked,
+    TimeLimitExceeded,
+    current_task,
+)
 
 APP_ENV = "STREAMTASKS_E2E_APP"
 VISIBILITY_ENV = "STREAMTASKS_E2E_VISIBILITY"
@@ -79,6 +87,20 @@ class Traces:
 
     def allowed(self, token: str) -> bool:
         return bool(self.client.exists(f"{self.prefix}:allow:{token}"))
+
+    def note(self, token: str, what: str) -> None:
+        """Record that a task got somewhere (cleaned up, was cancelled)."""
+        self.client.rpush(f"{self.prefix}:notes:{token}", what)
+
+    def notes(self, token: str) -> list[str]:
+        return [n.decode() for n in self.client.lrange(f"{self.prefix}:notes:{token}", 0, -1)]
+
+    def stuck(self, token: str) -> None:
+        """Announce the start, then block in one socket read until the gate opens, as a call to
+        a service that never answers does: nothing raised in the thread reaches it meanwhile."""
+        self.client.rpush(f"{self.prefix}:started", token)
+        gate = f"{self.prefix}:gate"
+        self.client.blmove(gate, gate, HOLD_LIMIT, "RIGHT", "LEFT")
 
     def charge(self, order_id: str, cents: int) -> None:
         self.client.hincrby(f"{self.prefix}:ledger", order_id, cents)
@@ -176,6 +198,80 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
         finally:
             await client.aclose()
         return token
+
+    @app.task(name="e2e.clean_up_late", soft_time_limit=0.5, time_limit=10)
+    def clean_up_late(token: str) -> str:
+        """Works in short steps until its soft limit, then cleans up."""
+        t = traces()
+        t.client.rpush(f"{t.prefix}:started", token)
+        deadline = time.monotonic() + HOLD_LIMIT
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.01)  # one step of the work
+        except SoftTimeLimitExceeded as exc:
+            t.note(token, f"cleaned up: {type(exc).__name__}")
+            raise
+        return "never stopped"
+
+    @app.task(name="e2e.stuck", time_limit=1)
+    def stuck(token: str) -> str:
+        t = traces()
+        t.count_run(token)
+        t.stuck(token)
+        t.count_completion(token)
+        return "answered at last"
+
+    @app.task(
+        name="e2e.stuck_once",
+        time_limit=1,
+        autoretry_for=(TimeLimitExceeded,),
+        max_retries=1,
+        retry_backoff=0.05,
+        retry_jitter=False,
+    )
+    def stuck_once(token: str) -> int:
+        t = traces()
+        t.count_run(token)
+        if current_task().attempt == 1:
+            t.stuck(token)
+        return current_task().attempt
+
+    async def wait_for_ever(token: str) -> str:
+        t = traces()
+        t.count_run(token)
+        t.client.rpush(f"{t.prefix}:started", token)
+        try:
+            await asyncio.sleep(HOLD_LIMIT)
+        except asyncio.CancelledError:
+            t.note(token, "cancelled")
+            raise
+        return "woke up"
+
+    app.task(name="e2e.async_stuck", time_limit=1)(wait_for_ever)
+    app.task(name="e2e.async_wait")(wait_for_ever)
+
+    @app.task(name="e2e.async_clean_up_late", soft_time_limit=0.5, time_limit=10)
+    async def async_clean_up_late(token: str) -> str:
+        try:
+            await asyncio.sleep(HOLD_LIMIT)
+        except SoftTimeLimitExceeded:
+            await asyncio.sleep(0.01)  # cleaning up may await too
+            return "cleaned up"
+        return "never stopped"
+
+    @app.task(name="e2e.stop_when_revoked", soft_time_limit=HOLD_LIMIT)
+    def stop_when_revoked(token: str) -> str:
+        """Works in short steps without looking for a revocation: its soft limit brings it."""
+        t = traces()
+        t.client.rpush(f"{t.prefix}:started", token)
+        deadline = time.monotonic() + HOLD_LIMIT
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        except SoftTimeLimitExceeded as exc:
+            t.note(token, f"stopped: {exc}")
+            raise
+        return "never stopped"
 
     @app.task(name="e2e.divide")
     def divide(total: int, parts: int) -> float:

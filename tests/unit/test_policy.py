@@ -141,4 +141,4 @@ def test_the_error_carries_the_traceback_text() -> None:
 
 def test_a_task_that_raises_task_revoked_ends_revoked_not_failed() -> None:
     outcome = decide(RetryPolicy(), 1, TaskRevoked("stopped on request"))
-    assert outcome == Revoked("stopped on request")
+    assert outcome == Revoked("stopped on request", ran=True)
