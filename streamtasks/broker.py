@@ -22,6 +22,7 @@ import redis
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, DecodeError, StreamTasksError
 from streamtasks.keys import GROUP, QueueKeys
 from streamtasks.message import Fields, flatten, pack, unnetstring
+from streamtasks.protocol import ENQUEUED, REFUSED, SettleRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 Entry = tuple[str, dict[bytes, bytes]]
-
-#: What settle() says of each record.
-REFUSED, SETTLED, GONE = 0, 1, 2
-#: What enqueue() says: added; not added, the key names this same call; not added, the key names
-#: another call.
-DUPLICATE, ENQUEUED, CONFLICT = 0, 1, 2
 
 #: The oldest Redis streamtasks runs on: XAUTOCLAIM, ZRANGE BYSCORE and XPENDING IDLE came in 6.2.
 MIN_REDIS = (6, 2)
@@ -78,25 +73,6 @@ class Claim(NamedTuple):
     fingerprint: str
     ttl_ms: int
     keep_on_failure: bool = False
-
-
-class SettleRecord(NamedTuple):
-    """One finished run to apply: see settle.lua for the meaning of each slot."""
-
-    entry_id: str
-    action: str
-    result_key: str | None = None
-    result_ttl_ms: int = 0
-    status: str = ""
-    data: bytes = b""
-    idempotency_key: str | None = None
-    extra: bytes | str = b""
-    task_id: str = ""
-
-    @property
-    def is_plain_ack(self) -> bool:
-        """An ack with nothing else to write, sent as a bare id."""
-        return self.action == "a" and self.result_key is None and self.idempotency_key is None
 
 
 class ServerInfo(NamedTuple):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from streamtasks.codec import Codec
 from streamtasks.errors import ConfigurationError, DecodeError
 from streamtasks.message import BUILT_IN
+from streamtasks.protocol import DEAD_LETTER_FIELDS, REPLAY_FIELDS
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -26,11 +27,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _REPLAY_SLICE = 500
 # The fields `DeadLetter.as_dict` names itself; any other is kept as text under "fields".
 _VIEWED = frozenset(
-    {
-        *("id", "task", "call", "attempt", "attempts", "deliveries", "error_type", "error"),
-        *("traceback", "failed_at", "worker", "origin_stream", "origin_id", "idempotency_key"),
-        *("replayed_from", "replayed_at"),
-    }
+    {"id", "task", "call", "attempt", "idempotency_key", *DEAD_LETTER_FIELDS, *REPLAY_FIELDS}
 )
 
 

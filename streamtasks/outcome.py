@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from streamtasks.broker import SettleRecord
 from streamtasks.codec import Codec
 from streamtasks.errors import DecodeError, EncodeError
 from streamtasks.keys import QueueKeys
@@ -20,6 +19,7 @@ from streamtasks.policy import (
     Revoked,
     Succeeded,
 )
+from streamtasks.protocol import Action, SettleRecord, dead_letter_fields
 
 if TYPE_CHECKING:
     from streamtasks.task import Task, TaskOptions
@@ -137,27 +137,17 @@ def _result_key(d: Delivery) -> str | None:
 
 def _dead_fields(d: Delivery, error: ErrorInfo, worker: str, now: float) -> bytes:
     """The dead-letter entry: the original fields as they were, then why it failed."""
-    return netstring(
-        [
-            *flatten(d.fields),
-            "error_type",
-            error.type_name,
-            "error",
-            error.message,
-            "traceback",
-            error.traceback,
-            "attempts",
-            str(d.attempt),
-            "worker",
-            worker,
-            "failed_at",
-            str(int(now * 1000)),
-            "origin_stream",
-            d.keys.stream,
-            "origin_id",
-            d.entry_id,
-        ]
+    added = dead_letter_fields(
+        error_type=error.type_name,
+        error=error.message,
+        traceback=error.traceback,
+        attempts=d.attempt,
+        worker=worker,
+        failed_at_ms=int(now * 1000),
+        origin_stream=d.keys.stream,
+        origin_id=d.entry_id,
     )
+    return netstring([*flatten(d.fields), *added])
 
 
 def record_for(
@@ -180,7 +170,7 @@ def record_for(
         and d.message is not None
         and d.message.idempotency_key is None
     ):
-        return Settle(d, SettleRecord(d.entry_id, "a"), "SUCCESS", outcome)  # a plain ack
+        return Settle(d, SettleRecord(d.entry_id, Action.ACK), "SUCCESS", outcome)  # a plain ack
     rkey = _result_key(d)
     ttl_ms = int(result_ttl * 1000)
     key = d.message.idempotency_key if d.message else None
@@ -193,16 +183,20 @@ def record_for(
         else:
             ikey_ttl = str(int(idempotency_ttl * 1000))
             record = SettleRecord(
-                d.entry_id, "a", rkey, ttl_ms, "SUCCESS", data, ikey, ikey_ttl, d.task_id
+                d.entry_id, Action.ACK, rkey, ttl_ms, "SUCCESS", data, ikey, ikey_ttl, d.task_id
             )
             return _late(d, record, "SUCCESS", outcome)
     if isinstance(outcome, Revoked):
         data = pack(ErrorInfo("TaskRevoked", outcome.reason, "").as_dict())
-        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "REVOKED", data, ikey, "", d.task_id)
+        record = SettleRecord(
+            d.entry_id, Action.ACK, rkey, ttl_ms, "REVOKED", data, ikey, "", d.task_id
+        )
         return _late(d, record, "REVOKED", outcome)
     if isinstance(outcome, Failed):
         data = pack(outcome.error.as_dict())
-        record = SettleRecord(d.entry_id, "a", rkey, ttl_ms, "FAILURE", data, ikey, "", d.task_id)
+        record = SettleRecord(
+            d.entry_id, Action.ACK, rkey, ttl_ms, "FAILURE", data, ikey, "", d.task_id
+        )
         return _late(d, record, "FAILURE", outcome)
     if isinstance(outcome, RetryLater):
         due_ms = int((now + outcome.delay) * 1000)
@@ -211,12 +205,14 @@ def record_for(
         fields[b"attempt"] = str(d.attempt + 1).encode()
         extra = b"%d:" % due_ms + netstring(flatten(fields))
         data = pack({**outcome.error.as_dict(), "due_ms": due_ms, "attempt": d.attempt})
-        record = SettleRecord(d.entry_id, "r", rkey, ttl_ms, "RETRY", data, None, extra)
+        record = SettleRecord(d.entry_id, Action.RETRY, rkey, ttl_ms, "RETRY", data, None, extra)
         return _late(d, record, "RETRY", outcome)
     assert isinstance(outcome, DeadLetter)
     data = pack(outcome.error.as_dict())
     extra = _dead_fields(d, outcome.error, worker, now)
-    record = SettleRecord(d.entry_id, "d", rkey, ttl_ms, "DEAD", data, ikey, extra, d.task_id)
+    record = SettleRecord(
+        d.entry_id, Action.DEAD_LETTER, rkey, ttl_ms, "DEAD", data, ikey, extra, d.task_id
+    )
     return _late(d, record, "DEAD", outcome)
 
 
@@ -224,15 +220,15 @@ def _late(d: Delivery, record: SettleRecord, status: str, outcome: Outcome) -> S
     """For a task acked on receipt, the final record must neither fence nor ack again (one
     revoked or expired before its run never was acked, and is settled as any other)."""
     if d.acked_early:
-        record = record._replace(action=record.action.upper())
+        record = record._replace(action=Action.after_receipt(record.action))
     return Settle(d, record, status, outcome)
 
 
 def skipped(d: Delivery) -> Settle:
     """A redelivered entry whose idempotency key is already done: ack it without running."""
-    return Settle(d, SettleRecord(d.entry_id, "a"), "SKIPPED")
+    return Settle(d, SettleRecord(d.entry_id, Action.ACK), "SKIPPED")
 
 
 def early_ack(d: Delivery) -> SettleRecord:
     """acks_late=False: the ack made before the task runs."""
-    return SettleRecord(d.entry_id, "e")
+    return SettleRecord(d.entry_id, Action.ACK_ON_RECEIPT)

@@ -87,6 +87,14 @@ def backoff_delay(
     return delay * (0.5 + rand() / 2) if jitter else delay
 
 
+def delivered_too_often(deliveries: int, max_deliveries: int) -> bool:
+    """Whether an abandoned entry is dead-lettered (MaxDeliveriesExceeded) instead of run again:
+    delivered `deliveries` times and never settled, a worker died (or was killed) on each. The
+    rule for entries that crash their workers, as `decide` is for runs that end; reclaim.lua
+    applies it where it finds the entry, in the same atomic step (a test checks they agree)."""
+    return deliveries >= max_deliveries
+
+
 def decide(
     policy: RetryPolicy,
     attempt: int,

@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamtasks.broker import SETTLED, Buried, Reclaimed
+from streamtasks.broker import Buried, Reclaimed
 from streamtasks.context import TaskContext, enter, leave
 from streamtasks.errors import SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from streamtasks.keys import QueueKeys
 from streamtasks.limits import ThreadRun
 from streamtasks.outcome import Delivery, Settle, early_ack, record_for
 from streamtasks.policy import DeadLetter, ErrorInfo, Failed, RetryLater, Revoked, decide
+from streamtasks.protocol import SETTLED
 
 if TYPE_CHECKING:
     from streamtasks.app import App

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from streamtasks.broker import CONFLICT, Claim
+from streamtasks.broker import Claim
 from streamtasks.calls import Signature
 from streamtasks.errors import ConfigurationError, IdempotencyConflict
 from streamtasks.keys import QueueKeys
 from streamtasks.message import Fields, Message, encode
 from streamtasks.policy import RetryPolicy
+from streamtasks.protocol import CONFLICT
 from streamtasks.result import AsyncResult
 
 if TYPE_CHECKING:

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import redis
 
-from streamtasks.broker import HANDED_BACK_IDLE_MS, REFUSED, Entry, Reclaimed
+from streamtasks.broker import HANDED_BACK_IDLE_MS, Entry, Reclaimed
 from streamtasks.connection import fakeredis_module, fresh_memory, reset_memory
 from streamtasks.errors import DecodeError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.message import decode
 from streamtasks.outcome import Delivery, Settle, skipped
 from streamtasks.policy import DeadLetter, Revoked
+from streamtasks.protocol import REFUSED
 from streamtasks.retrying import Outage
 from streamtasks.runs import (
     aexecute,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamtasks
 from streamtasks import retrying
-from streamtasks.broker import GONE, REFUSED, Batch, Entry, Reclaimed
+from streamtasks.broker import Batch, Entry, Reclaimed
 from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.errors import (
     BrokerUnavailable,
@@ -44,6 +44,7 @@ from streamtasks.limits import Alarms, Interruptible, RevokedWhileRunning, Threa
 from streamtasks.loop import LoopExecutor
 from streamtasks.outcome import Delivery, Settle, skipped
 from streamtasks.policy import DeadLetter, Revoked
+from streamtasks.protocol import GONE, REFUSED
 from streamtasks.runs import (
     Io,
     aexecute,

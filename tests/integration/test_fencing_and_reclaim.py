@@ -9,9 +9,10 @@ from collections import Counter
 import pytest
 
 from streamtasks import App, TaskError
-from streamtasks.broker import GONE, REFUSED, SettleRecord
 from streamtasks.keys import GROUP
 from streamtasks.message import netstring, pack
+from streamtasks.policy import delivered_too_often
+from streamtasks.protocol import GONE, REFUSED, SettleRecord
 from tests.integration.conftest import Consumer
 from tests.unit.support import running, stream_len, wait_until
 
@@ -265,3 +266,19 @@ def test_an_entry_named_twice_in_one_settle_batch_is_settled_once(redis_app: App
     ]
     assert len(redis_app.dead_letters()) == 1
     assert stream_len(redis_app) == 0
+
+
+@pytest.mark.parametrize("deliveries", [1, 2, 3, 4])
+def test_reclaim_buries_exactly_the_entries_the_max_deliveries_rule_names(
+    make_app: object, app_name: str, deliveries: int
+) -> None:
+    app: App = make_app(app_name, max_deliveries=3)  # type: ignore[operator]
+    app.task(name="explodes")(lambda: None).delay()
+    ghost = Consumer(app, "ghost")
+    [entry] = ghost.read()
+    stream = app.keys("default").stream
+    app.broker.client.xclaim(stream, GROUP, "ghost", 0, [entry], idle=60_000, retrycount=deliveries)
+
+    found = Consumer(app, "live").reclaim(max_deliveries=3)
+    assert bool(found.dead) is delivered_too_often(deliveries, 3)
+    assert bool(found.entries) is not delivered_too_often(deliveries, 3)
