@@ -1,9 +1,11 @@
 """The keeper: the thread of one worker run that promotes delayed messages when they come due,
-reclaims abandoned entries, renews the leases of held ones and prunes idle consumers.
+reclaims abandoned entries, renews the leases of held ones, stops tasks revoked as they run and
+prunes idle consumers.
 
 Its jobs run on timers except promotion, which runs when `schedule.py` says a queue's messages
-are due. Between jobs it waits on the queues' wake streams with a blocking XREAD, where producers
-announce a delayed message due sooner than any before it: nothing polls for due messages.
+are due. `tick(now)` runs the jobs due at `now`. Between ticks the keeper waits on the queues'
+wake streams with a blocking XREAD, where producers announce a delayed message due sooner than
+any before it: nothing polls for due messages.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from streamtasks.broker import Reclaimed
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
+from streamtasks.keys import QueueKeys
+from streamtasks.outcome import Delivery
+from streamtasks.retrying import Outage
+from streamtasks.runs import Io
 from streamtasks.schedule import PromoteSchedule
 
 if TYPE_CHECKING:
-    from streamtasks.worker import Worker
+    from streamtasks.app import App
 
 log = logging.getLogger(__name__)
 
@@ -33,96 +40,135 @@ PROMOTE_GAP = 0.02
 SHORT_BLOCK = 0.05
 
 
+class Held(Protocol):
+    """What the keeper needs of the worker run it keeps."""
+
+    app: App
+    name: str
+    outage: Outage
+    #: The run's queues, by stream key.
+    keys: dict[str, QueueKeys]
+    block: float
+    promote_interval: float
+    reclaim_interval: float
+    lease_every: float
+    prune_idle: float
+
+    def hurried(self) -> bool:
+        """Whether waits should be short: the run drains, or is stopping."""
+        ...
+
+    def stopping(self) -> bool: ...
+
+    def free_room(self) -> int:
+        """How many more entries the run can take."""
+        ...
+
+    def reclaim(self, keys: QueueKeys, cursor: str, limit: int) -> Reclaimed:
+        """Claim abandoned entries of a queue for the run, from `cursor` on."""
+        ...
+
+    def renewable(self) -> list[tuple[QueueKeys, list[Delivery]]]:
+        """Held entries whose leases need renewing, by queue."""
+        ...
+
+    def stop_revoked(self, io: Io) -> None:
+        """Stop the running tasks revoked meanwhile (asking Redis through `io`)."""
+        ...
+
+
 class Keeper:
-    """One worker run's keeper. `run()` loops until `stop` is set; each run has a keeper of its
+    """One worker run's keeper. `run()` ticks until `stop` is set; each run has a keeper of its
     own, so one that outlives its run (stuck on a silent connection) touches nothing of the next.
+    `now` is time.monotonic() time.
     """
 
-    def __init__(self, worker: Worker, ended: threading.Event):
-        self.worker = worker
+    def __init__(self, held: Held, now: float):
+        self.held = held
         self.stop = threading.Event()
-        self._ended = ended
-        self._schedule = PromoteSchedule(
-            worker._keys, fallback=worker.promote_interval, gap=PROMOTE_GAP
-        )
+        self._schedule = PromoteSchedule(held.keys, fallback=held.promote_interval, gap=PROMOTE_GAP)
         # Each wake stream: where the keeper read up to, and the queue (stream) it belongs to.
-        self._wake_after = {k.wake: "0-0" for k in worker._keys.values()}
-        self._wake_queues = {k.wake: stream for stream, k in worker._keys.items()}
+        self._wake_after = {k.wake: "0-0" for k in held.keys.values()}
+        self._wake_queues = {k.wake: stream for stream, k in held.keys.items()}
         self._cursors: dict[str, str] = {}
         self._failing: set[str] = set()  # queues whose promote fails other than by an outage
-
-    def run(self) -> None:
-        w = self.worker
-        every = {
-            "promote": w.promote_interval,
-            "reclaim": w.reclaim_interval,
-            "lease": w._lease_every,
-            "revoked": w.reclaim_interval,
+        self._every = {
+            "promote": held.promote_interval,
+            "reclaim": held.reclaim_interval,
+            "lease": held.lease_every,
+            "revoked": held.reclaim_interval,
             "prune": 60.0,
         }
-        jobs: dict[str, Callable[[], float | None]] = {
+        # Each job, given the tick's time; what it returns, if anything: when it runs again.
+        self._jobs: dict[str, Callable[[float], float | None]] = {
             "promote": self._promote,
-            "reclaim": self._reclaim,
-            "lease": self._renew_leases,
-            "revoked": lambda: w._stop_revoked(self._keep),
-            "prune": self._prune,
+            "reclaim": lambda now: self._reclaim(),
+            "lease": lambda now: self._renew_leases(),
+            "revoked": lambda now: held.stop_revoked(self._keep),
+            "prune": lambda now: self._prune(),
         }
-        now = time.monotonic()
-        due = {job: now + every[job] for job in jobs}
-        due["promote"] = now  # what came due while no worker ran, at once
-        backing_off: set[str] = set()  # jobs paused because Redis was unreachable
-        while not self.stop.is_set():
-            now = time.monotonic()
-            for job, at in due.items():
-                if now >= at:
-                    due[job] = now + self._attempt(job, jobs[job], every[job], backing_off)
-            announced = self._await_wakes(min(due.values()) - time.monotonic())
-            now = time.monotonic()
-            if backing_off and not w.outage.down:
-                # Redis answers again: what paused during the outage runs now, not after its pause.
-                for job in backing_off:
-                    due[job] = now
-                backing_off.clear()
-            if announced:
-                due["promote"] = min(due["promote"], now + self._schedule.wait(now, self._now_ms()))
+        self._due = {job: now + every for job, every in self._every.items()}
+        self._due["promote"] = now  # what came due while no worker ran, at once
+        self._backing_off: set[str] = set()  # jobs paused because Redis was unreachable
 
-    def _attempt(
-        self, job: str, fn: Callable[[], float | None], every: float, backing_off: set[str]
-    ) -> float:
-        """Run one job; the seconds until it runs again: its own say, else `every`, and longer
-        while Redis is unreachable (the job is then added to `backing_off`)."""
+    def run(self) -> None:
+        while not self.stop.is_set():
+            wait = self.tick(time.monotonic())
+            if self._await_wakes(wait):
+                self.announced(time.monotonic())
+
+    def tick(self, now: float) -> float:
+        """Run the jobs due at `now`; the seconds until the next one is."""
+        if self._backing_off and not self.held.outage.down:
+            # Redis answers again: what paused during the outage runs now, not after its pause.
+            for job in self._backing_off:
+                self._due[job] = now
+            self._backing_off.clear()
+        for job, at in self._due.items():
+            if now >= at:
+                self._due[job] = now + self._attempt(job, now)
+        return min(self._due.values()) - now
+
+    def announced(self, now: float) -> None:
+        """A producer announced a delayed message due sooner than any before it."""
+        at = now + self._schedule.wait(now, self._now_ms())
+        self._due["promote"] = min(self._due["promote"], at)
+
+    def _attempt(self, job: str, now: float) -> float:
+        """Run one job; the seconds until it runs again: its own say, else its interval, and
+        longer while Redis is unreachable (it is then backing off)."""
+        every = self._every[job]
         try:
-            after = fn()
+            after = self._jobs[job](now)
         except ConfigurationError:
             raise  # e.g. credentials refused: waiting will not help; stop the worker
         except BrokerUnavailable as exc:
-            self.worker.outage.failed(exc)
-            backing_off.add(job)
+            self.held.outage.failed(exc)
+            self._backing_off.add(job)
             return min(5.0, 4 * every)
         except Exception:
-            log.exception("worker %s: %s failed; will try again", self.worker.name, job)
+            log.exception("worker %s: %s failed; will try again", self.held.name, job)
             after = None
-        backing_off.discard(job)
+        self._backing_off.discard(job)
         return every if after is None else after
 
     def _keep(self, call: Callable[[], T]) -> T:
         """A Redis call: the loop logs a failure; a success after one ends the outage."""
         result = call()
-        if self.worker.outage.down:
-            self.worker.outage.recovered()
+        if self.held.outage.down:
+            self.held.outage.recovered()
         return result
 
     def _now_ms(self) -> int:
-        return int(self.worker.app.clock() * 1000)
+        return int(self.held.app.clock() * 1000)
 
     # -- waiting for wake-ups ------------------------------------------------------------
 
     def _await_wakes(self, seconds: float) -> bool:
         """Wait up to `seconds` (at most one read's block) on the queues' wake streams; True if a
         producer announced a delayed message due sooner than any before it."""
-        w = self.worker
-        short = w._until_idle or w._stop.is_set()
-        seconds = min(seconds, SHORT_BLOCK if short else w.block)
+        w = self.held
+        seconds = min(seconds, SHORT_BLOCK if w.hurried() else w.block)
         if seconds <= 0:
             return False
         if not self._wake_after:
@@ -152,7 +198,7 @@ class Keeper:
         """Leave out wake keys that hold something other than a stream (someone else wrote
         there), which fail every read of them all; True if there were any. Their queues' delayed
         messages are still promoted, every promote_interval instead of when due."""
-        w = self.worker
+        w = self.held
         try:
             spoiled = w.app.broker.not_streams(list(self._wake_after))
         except StreamTasksError:
@@ -162,7 +208,7 @@ class Keeper:
                 "%s holds something other than a stream; delayed messages of %s are promoted "
                 "every %.1fs instead of when due until it is deleted and the worker restarted",
                 key,
-                w._keys[self._wake_queues[key]].queue,
+                w.keys[self._wake_queues[key]].queue,
                 w.promote_interval,
                 extra={"worker": w.name, "key": key},
             )
@@ -171,13 +217,13 @@ class Keeper:
 
     # -- the jobs --------------------------------------------------------------------------
 
-    def _promote(self) -> float:
+    def _promote(self, now: float) -> float:
         """Promote the queues whose delayed messages are due; the seconds until more are. A queue
         whose promote fails (its keys spoiled by someone else) holds up none of the others."""
-        w = self.worker
-        now, now_ms = time.monotonic(), self._now_ms()
+        w = self.held
+        now_ms = self._now_ms()
         for stream in self._schedule.due(now, now_ms):
-            keys = w._keys[stream]
+            keys = w.keys[stream]
             try:
                 moved, next_due = self._keep(partial(w.app.broker.promote, keys, now_ms))
             except BrokerUnavailable:
@@ -200,23 +246,23 @@ class Keeper:
             self._schedule.promoted(stream, now, next_due)
             if moved:
                 log.debug("moved %d due messages into %s", moved, keys.queue)
-        return self._schedule.wait(time.monotonic(), self._now_ms())
+        return self._schedule.wait(now, self._now_ms())
 
     def _reclaim(self) -> None:
-        w = self.worker
-        if w._stop.is_set():
+        w = self.held
+        if w.stopping():
             return
-        for keys in w._keys.values():
-            room = w._free_room()
+        for keys in w.keys.values():
+            room = w.free_room()
             if room <= 0:
                 return
             cursor = self._cursors.get(keys.stream, "-")
-            found = self._keep(partial(w._reclaim, keys, cursor, self._ended, limit=room))
+            found = self._keep(partial(w.reclaim, keys, cursor, room))
             self._cursors[keys.stream] = found.cursor
 
     def _renew_leases(self) -> None:
-        w = self.worker
-        for keys, group in w._renewable():
+        w = self.held
+        for keys, group in w.renewable():
             ids = [d.entry_id for d in group]
             lost = self._keep(partial(w.app.broker.lease, keys, w.name, ids, hand_back=False))
             for d in group:
@@ -229,9 +275,9 @@ class Keeper:
                     )
 
     def _prune(self) -> None:
-        w = self.worker
+        w = self.held
         idle_ms = int(w.prune_idle * 1000)
-        for keys in w._keys.values():
+        for keys in w.keys.values():
             removed = self._keep(partial(w.app.broker.prune, keys, w.name, idle_ms))
             if removed:
                 log.info("removed %d idle consumers from %s", removed, keys.queue)

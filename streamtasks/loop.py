@@ -1,5 +1,6 @@
 """The event loop of a worker run: its `async def` tasks run there, many at once, beside the
-threads that run its plain tasks; and the watchdog that names a task blocking the loop.
+threads that run its plain tasks (an Executor, see executors.py); and the watchdog that names a
+task blocking the loop.
 
 A task that calls something blocking (time.sleep, a sync HTTP client) inside `async def` holds up
 every other async task of the worker. The loop beats every `stall / 4` seconds; when a beat is
@@ -14,10 +15,15 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
+from functools import partial
 from typing import Any
 
-from streamtasks.outcome import Delivery
+from streamtasks.errors import TimeLimitExceeded
+from streamtasks.executors import Host
+from streamtasks.limits import Interruptible
+from streamtasks.outcome import Delivery, Settle
+from streamtasks.runs import aexecute, begin, begins_plainly, context_of, expired, finish, not_run
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +34,15 @@ RUN_FRAME = "aexecute"
 class LoopExecutor:
     """One event loop on a thread of its own, running what `submit` is given."""
 
-    def __init__(
-        self,
-        name: str,
-        run: Callable[[Delivery], Coroutine[Any, Any, None]],
-        *,
-        stall: float = 0.5,
-    ):
-        self.name = name
+    def __init__(self, host: Host, *, stall: float = 0.5):
+        self.host = host
+        self.name = host.name
         self.stall = stall
-        self._run = run
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, name=f"{name}-loop", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"{self.name}-loop", daemon=True)
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"{self.name}-watch", daemon=True
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._submitted = 0  # handed over, not yet a task on the loop
         self._idle = threading.Condition()
@@ -52,6 +54,11 @@ class LoopExecutor:
     def start(self) -> None:
         self._thread.start()
         self._watchdog.start()
+
+    def finish(self, deadline: float) -> None:
+        if not self.wait_idle(deadline - time.monotonic()):
+            # Cancelled runs record nothing: handed back by the run, they run elsewhere.
+            self.cancel(timeout=1.0)
 
     def submit(self, deliveries: list[Delivery]) -> None:
         """Run these on the loop (from any thread): one wake-up of the loop for them all."""
@@ -79,7 +86,11 @@ class LoopExecutor:
         self.wait_idle(timeout)
 
     def close(self) -> None:
-        """Stop the loop and its watchdog (what runs should have ended: see `cancel`)."""
+        """Cancel what still runs, then stop the loop and its watchdog."""
+        if not self._thread.is_alive():  # never started: the run failed before it could
+            self._loop.close()
+            return
+        self.cancel(timeout=1.0)
         self._closing.set()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
@@ -120,6 +131,85 @@ class LoopExecutor:
                 self.name,
                 exc_info=task.exception(),
             )
+
+    async def _run(self, d: Delivery) -> None:
+        """Run an async task, then hand how it ended to the host, as a thread of the pool does
+        for a plain one."""
+        host, app = self.host, self.host.app
+        if host.ended.is_set():
+            return  # its run is over: the entry stays pending in Redis, for redelivery
+        d.started = True
+        alarms: list[asyncio.TimerHandle] = []
+        try:
+            late = expired(d, app.clock())
+            if late is not None:
+                settle: Settle | None = not_run(d, late, app, host.name)
+            elif not begins_plainly(d) and not await asyncio.to_thread(
+                begin, d, app, host.name, host.io
+            ):
+                settle = None
+            else:
+                settle, _ = await aexecute(
+                    d,
+                    app,
+                    worker=host.name,
+                    context=partial(context_of, d, host.name, app, lambda: d.revoked),
+                    log_success=host.log_each,
+                    cancelled_here=lambda: d.given_up or self.cancelling,
+                    watch=partial(self._limit, d, alarms),
+                )
+        except asyncio.CancelledError:
+            if d.given_up:
+                return  # past its time limit: decided already
+            raise  # shutdown: the entry is handed back with what still runs
+        except BaseException as exc:  # streamtasks itself failed: stop, as a thread would
+            log.critical(
+                "worker %s: running %s[%s] failed; stopping",
+                host.name,
+                d.task_name,
+                d.task_id,
+                exc_info=True,
+                extra={"worker": host.name},
+            )
+            host.decided(d, None)
+            host.failed(exc)
+            return
+        finally:
+            for alarm in alarms:
+                alarm.cancel()
+        if not d.given_up:  # else it ended after all, but was decided at its time limit
+            host.decided(d, settle)
+
+    def _limit(
+        self, d: Delivery, alarms: list[asyncio.TimerHandle], coro: Coroutine[Any, Any, Any]
+    ) -> Awaitable[Any]:
+        """Set the alarms that stop a run at its time limits, and let its revocation cancel
+        it; the awaitable to run it by."""
+        loop, task = self._loop, asyncio.current_task()
+        assert task is not None and d.options is not None
+        d.interrupt = partial(loop.call_soon_threadsafe, task.cancel)
+        soft, hard = d.options.soft_time_limit, d.options.time_limit
+        if hard is not None:
+            alarms.append(loop.call_later(hard, self._give_up, d, task, hard))
+        if soft is None:
+            return coro
+        softened = Interruptible(coro)
+
+        def soften() -> None:
+            softened.soften()
+            task.cancel()
+
+        alarms.append(loop.call_later(soft, soften))
+        return softened
+
+    def _give_up(self, d: Delivery, task: asyncio.Task[Any], limit: float) -> None:
+        """A task ran past its time limit: decide its run as TimeLimitExceeded and cancel it;
+        should it go on all the same, whatever it ends with is dropped."""
+        host = self.host
+        d.given_up = True
+        exc = TimeLimitExceeded(f"ran past its time limit of {limit:g}s and was cancelled")
+        host.decided(d, finish(d, host.app, None, exc, limit, worker=host.name, log_success=False))
+        task.cancel()
 
     # -- the watchdog ----------------------------------------------------------------------
 

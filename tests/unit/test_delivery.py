@@ -396,7 +396,7 @@ def test_a_worker_left_running_on_memory_serves_what_is_sent_after_it_started(
     ping = memory_app.task(name="ping")(lambda x: x)
     worker = memory_app.Worker(concurrency=2, block=2.0, promote_interval=4.0)
     with running(worker):
-        wait_until(lambda: worker._reading, what="the worker to wait for work")
+        wait_until(lambda: worker._session is not None and worker._session._reading, what="a read")
         assert ping.delay("now").get(timeout=1) == "now"
         assert [r.get(timeout=1) for r in ping.map(["a", "b", "c"])] == ["a", "b", "c"]
         assert ping.apply_async(("later",), countdown=0.05).get(timeout=1) == "later"
