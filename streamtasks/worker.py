@@ -48,6 +48,10 @@ class Worker:
     worker a generous timeout. Delayed messages and retries are promoted when they come due, as
     their producers announce them; `promote_interval` bounds how late one added without that
     announcement (by hand, or by a producer in another language) can be.
+
+    A plain task past its `time_limit` is decided without waiting for it, and another thread
+    takes its place; with `exit_on_stuck`, the worker stops instead (and `stuck` is then True),
+    so that its supervisor starts a new process: `streamtasks worker -p` does that.
     """
 
     def __init__(
