@@ -204,44 +204,51 @@ class ThreadPool:
             self.host.decided(d, settle)
 
     def _run(self, d: Delivery) -> Settle | None:
-        """Run one task; its settle record, or None when it must not run (acked elsewhere)."""
-        host, app = self.host, self.host.app
-        assert d.options is not None
+        """Run one task; its settle record, or None when it must not run (acked elsewhere) or
+        was given up on (then `d.given_up` is set)."""
+        host, app, options = self.host, self.host.app, d.options
+        assert options is not None
         d.started = True
         late = expired(d, app.clock())
         if late is not None:
             return not_run(d, late, app, host.name)
         if not begin(d, app, host.name, host.io):
             return None
-        thread, alarms = self._limit(d)
+        limited = options.soft_time_limit is not None or options.time_limit is not None
         settle, took = execute(
             d,
             app,
             worker=host.name,
-            context=partial(context_of, d, host.name, app, lambda: d.revoked),
+            context=partial(context_of, d, host.name, app, True),
             log_success=host.log_each,
-            thread=thread,
+            limit=partial(self._arm, d) if limited else None,
         )
-        for alarm in alarms:
-            alarm.cancel()
+        if settle is None:  # only a run given up on has none
+            d.given_up = True
+            return None
         self.avg_run = 0.8 * self.avg_run + 0.2 * took
         return settle
 
-    def _limit(self, d: Delivery) -> tuple[ThreadRun | None, list[Alarm]]:
-        """Set the alarms of a run with time limits (its task runs next, on this thread)."""
+    def _arm(self, d: Delivery, thread: ThreadRun) -> Callable[[], None]:
+        """Set the alarms of a run with time limits, whose task starts now on `thread`; what
+        disarms them."""
         assert d.options is not None
-        soft, hard = d.options.soft_time_limit, d.options.time_limit
-        if soft is None and hard is None:
-            return None, []
-        thread, now, alarms = ThreadRun(), time.monotonic(), []
+        soft, hard, now = d.options.soft_time_limit, d.options.time_limit, time.monotonic()
+        alarms: list[Alarm] = []
         if soft is not None:
-            alarms.append(
-                self._alarms.at(now + soft, partial(thread.interrupt, SoftTimeLimitExceeded))
-            )
+            soft_limit = partial(thread.interrupt, SoftTimeLimitExceeded)
+            alarms.append(self._alarms.at(now + soft, soft_limit))
             d.interrupt = partial(thread.interrupt, RevokedWhileRunning)
+            if d.revoked:  # while it began: the keeper found nothing to interrupt then
+                d.interrupt()
         if hard is not None:
             alarms.append(self._alarms.at(now + hard, partial(self._give_up, d, thread, hard)))
-        return thread, alarms
+
+        def disarm() -> None:
+            for alarm in alarms:
+                alarm.cancel()
+
+        return disarm
 
     def _give_up(self, d: Delivery, thread: ThreadRun, limit: float) -> None:
         """A plain task ran past its time limit: decide its run without it and let another

@@ -113,7 +113,8 @@ class Keeper:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            wait = self.tick(time.monotonic())
+            now = time.monotonic()
+            wait = self.tick(now) - (time.monotonic() - now)  # from the end of the tick's jobs
             if self._await_wakes(wait):
                 self.announced(time.monotonic())
 

@@ -19,6 +19,7 @@ import asyncio
 import ctypes
 import heapq
 import itertools
+import logging
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ from typing import Any, TypeVar
 from streamtasks.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class RevokedWhileRunning(SoftTimeLimitExceeded):
@@ -104,7 +107,8 @@ class Alarm:
 
 
 class Alarms:
-    """One thread that calls functions at given times on the `clock`, started on first use."""
+    """One thread that calls functions at given times on the `clock`, started on first use (and
+    again should it have died)."""
 
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic):
         self.name = name
@@ -113,38 +117,38 @@ class Alarms:
         self._order = itertools.count()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._closed = False
 
     def at(self, when: float, fn: Callable[[], None]) -> Alarm:
         """Call `fn` (on the alarms' thread) at `when`, unless cancelled first."""
         alarm = Alarm(fn)
         with self._changed:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._serve, name=f"{self.name}-alarms", daemon=True
                 )
                 self._thread.start()
             heapq.heappush(self._due, (when, next(self._order), alarm))
             if self._due[0][2] is alarm:
-                self._changed.notify()
+                self._changed.notify_all()
         return alarm
 
     def close(self) -> None:
-        """Drop what is due and stop the thread; a later `at` starts another."""
+        """Drop what is due and stop the thread (after the alarm it calls now, if any); a later
+        `at` starts another."""
         with self._changed:
             thread, self._thread = self._thread, None
-            self._closed = True
-            self._changed.notify()
-        if thread is not None:
-            thread.join(5.0)
-        with self._changed:
             self._due.clear()
-            self._closed = False
+            self._changed.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     def _serve(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._changed:
-                while not self._closed:
+                while True:
+                    if self._thread is not me:
+                        return  # closed, or replaced
                     if self._due and self._due[0][2].cancelled:
                         heapq.heappop(self._due)
                         continue
@@ -152,10 +156,11 @@ class Alarms:
                     if wait is not None and wait <= 0:
                         break
                     self._changed.wait(wait)
-                if self._closed:
-                    return
                 alarm = heapq.heappop(self._due)[2]
-            alarm.fn()
+            try:
+                alarm.fn()
+            except Exception:  # one alarm failing must not end the others
+                log.critical("alarm %r failed", alarm.fn, exc_info=True)
 
 
 class Interruptible:
@@ -190,8 +195,13 @@ class Interruptible:
                 if self._soft:
                     self._soft = False
                     task = asyncio.current_task()
-                    if task is not None and hasattr(task, "uncancel"):  # Python 3.11 and later
+                    # Only the soft limit's own cancellation is softened: with another one
+                    # pending too (the hard limit, a revocation, shutdown), the task is cancelled.
+                    # (Python 3.10 cannot count them: there a soft one is always softened.)
+                    if task is None or not hasattr(task, "cancelling"):
+                        throw = SoftTimeLimitExceeded()
+                    elif task.cancelling() == 1:
                         task.uncancel()
-                    throw = SoftTimeLimitExceeded()
+                        throw = SoftTimeLimitExceeded()
             except BaseException as exc:
                 throw = exc

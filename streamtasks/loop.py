@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 RUN_FRAME = "aexecute"
 
 
+def _as_it_is(coro: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
+    return coro
+
+
 class LoopExecutor:
     """One event loop on a thread of its own, running what `submit` is given."""
 
@@ -140,6 +144,9 @@ class LoopExecutor:
             return  # its run is over: the entry stays pending in Redis, for redelivery
         d.started = True
         alarms: list[asyncio.TimerHandle] = []
+        options = d.options
+        assert options is not None
+        limited = options.soft_time_limit is not None or options.time_limit is not None
         try:
             late = expired(d, app.clock())
             if late is not None:
@@ -149,14 +156,20 @@ class LoopExecutor:
             ):
                 settle = None
             else:
+                # Its revocation cancels it, from whichever thread the keeper finds it on.
+                task = asyncio.current_task()
+                assert task is not None
+                d.interrupt = partial(self._loop.call_soon_threadsafe, task.cancel)
+                if d.revoked:  # while it began: the keeper found nothing to interrupt then
+                    task.cancel()
                 settle, _ = await aexecute(
                     d,
                     app,
                     worker=host.name,
-                    context=partial(context_of, d, host.name, app, lambda: d.revoked),
+                    context=partial(context_of, d, host.name, app, True),
                     log_success=host.log_each,
                     cancelled_here=lambda: d.given_up or self.cancelling,
-                    watch=partial(self._limit, d, alarms),
+                    watch=partial(self._limit, d, alarms) if limited else _as_it_is,
                 )
         except asyncio.CancelledError:
             if d.given_up:
@@ -183,11 +196,9 @@ class LoopExecutor:
     def _limit(
         self, d: Delivery, alarms: list[asyncio.TimerHandle], coro: Coroutine[Any, Any, Any]
     ) -> Awaitable[Any]:
-        """Set the alarms that stop a run at its time limits, and let its revocation cancel
-        it; the awaitable to run it by."""
+        """Set the alarms that stop a run at its time limits; the awaitable to run it by."""
         loop, task = self._loop, asyncio.current_task()
         assert task is not None and d.options is not None
-        d.interrupt = partial(loop.call_soon_threadsafe, task.cancel)
         soft, hard = d.options.soft_time_limit, d.options.time_limit
         if hard is not None:
             alarms.append(loop.call_later(hard, self._give_up, d, task, hard))

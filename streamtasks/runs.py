@@ -68,11 +68,9 @@ def reclaim(
     )
 
 
-def context_of(
-    d: Delivery, worker: str, app: App, revoked: Callable[[], bool] | None = None
-) -> TaskContext:
-    """What `current_task()` says inside the run of `d`; `revoked` answers `.revoked` (default:
-    ask Redis)."""
+def context_of(d: Delivery, worker: str, app: App, watched: bool = False) -> TaskContext:
+    """What `current_task()` says inside the run of `d`. `.revoked` asks Redis, or, when the
+    worker `watched` for revocations of what it runs, says what it found."""
     retries = d.options.retry.max_retries if d.options else 0
     key, ttl_ms = d.keys.progress(d.task_id), int(app.result_ttl * 1000)
 
@@ -93,7 +91,7 @@ def context_of(
         headers=d.message.headers if d.message else {},
         worker=worker,
         _progress=progress,
-        _revoked=revoked or asked,
+        _revoked=(lambda: d.revoked) if watched else asked,
     )
 
 
@@ -164,29 +162,38 @@ def execute(
     worker: str,
     context: Callable[[], TaskContext],
     log_success: bool,
-    thread: ThreadRun | None = None,
+    limit: Callable[[ThreadRun], Callable[[], None]] | None = None,
 ) -> tuple[Settle | None, float]:
     """Run the task behind `d` (decoded, registered) in this thread; its settle record and the
-    seconds it took. With a `thread` (the run has time limits), the record is None if the worker
-    gave up on the run before it ended: its outcome was decided without it."""
+    seconds it took. With `limit` (the run has time limits), the run's ThreadRun is handed to it
+    as the task starts, and what it returns disarms them as the task ends; the record is then
+    None if the worker gave up on the run meanwhile: its outcome was decided without it."""
     message, task = d.message, d.task
     assert message is not None and task is not None
     token = enter(context)
     began = time.perf_counter()
+    thread: ThreadRun | None = None
+    disarm: Callable[[], None] | None = None
     given_up = False
     try:
         try:
+            if limit is not None:
+                # From here until `end`, and only then, an exception may be raised in this
+                # thread: both ends of that window lie inside these try blocks.
+                thread = ThreadRun()
+                disarm = limit(thread)
             value, exc = task.fn(*message.args, **message.kwargs), None
         except BaseException as error:  # even SystemExit: a task never takes its worker down
             value, exc = None, error
     finally:
-        # Whatever was raised in this thread up to here, nothing is after `end`.
         while thread is not None:
             try:
                 given_up = thread.end()
                 break
             except (SoftTimeLimitExceeded, TimeLimitExceeded):
-                continue
+                continue  # raised as the task ended: one each at most, and none after `end`
+        if disarm is not None:
+            disarm()
         leave(token)
     took = time.perf_counter() - began
     if given_up:

@@ -151,6 +151,9 @@ class Session:
         with self.changed:
             self.changed.wait_for(lambda: not self._reading, timeout=self.block + 1.0)
         self._hand_back(self.pool.unstarted(), "not started")
+        # No run is given up on past this point (its record could come after the settler's
+        # last): one still running is handed back with the rest instead.
+        self.worker.alarms.close()
         with self.changed:
             stuck = [d for d in self._held.values() if d.started and not d.finished]
         self._hand_back(stuck, f"still running after {timeout}s")

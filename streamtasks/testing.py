@@ -1,6 +1,8 @@
 """Testing helpers: a clock a test moves by hand, and a runner that runs an app's queued tasks
 one at a time in the calling thread, through the same fetch, run, decide and settle steps (the
 same Lua scripts) as a worker. The pytest plugin (`streamtasks` fixture) is built on these.
+Time limits are not applied here: a task runs to its end in the caller's thread (a test that
+wants to see one raise SoftTimeLimitExceeded raises it from a fake the task calls).
 
     clock = ManualClock()
     app = App("shop", url="memory://", clock=clock)

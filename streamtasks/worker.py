@@ -156,6 +156,7 @@ class Worker:
 
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
         session = self._session = Session(self, until_idle)
+        self.stuck = False
         timed_out = False
         try:
             self._introduce()
@@ -177,7 +178,6 @@ class Worker:
             # Stopped during an outage: nothing was lost, what is held returns by itself.
         finally:
             session.shutdown(self.shutdown_timeout)
-            self.alarms.close()
             self.stop_event.clear()
             log.info("worker %s stopped", self.name, extra={"worker": self.name})
         crashed = session.crashed

@@ -95,6 +95,12 @@ class Traces:
     def notes(self, token: str) -> list[str]:
         return [n.decode() for n in self.client.lrange(f"{self.prefix}:notes:{token}", 0, -1)]
 
+    def wait_note(self, token: str, timeout: float) -> None:
+        """Wait until a task with this token notes something (the note stays)."""
+        notes = f"{self.prefix}:notes:{token}"
+        if self.client.blmove(notes, notes, timeout, "RIGHT", "RIGHT") is None:
+            raise AssertionError(f"{token} noted nothing within {timeout}s")
+
     def stuck(self, token: str) -> None:
         """Announce the start, then block in one socket read until the gate opens, as a call to
         a service that never answers does: nothing raised in the thread reaches it meanwhile."""
@@ -217,8 +223,11 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
     def stuck(token: str) -> str:
         t = traces()
         t.count_run(token)
-        t.stuck(token)
-        t.count_completion(token)
+        try:
+            t.stuck(token)
+            t.count_completion(token)
+        finally:
+            t.note(token, "returned")
         return "answered at last"
 
     @app.task(

@@ -40,9 +40,11 @@ def test_a_task_stuck_past_its_time_limit_fails_and_its_thread_is_replaced(
     assert scene.pending() == []
 
     scene.traces.open_gate()  # the stuck call returns at last: its outcome is not applied
+    scene.traces.wait_note("gateway", timeout=10)
     assert scene.task("square").delay(8).get(timeout=10) == 64
-    assert stuck.status == "FAILURE"
-    assert worker.lines(r"SUCCESS.*stuck|stuck.*SUCCESS") == []
+    result_key = scene.app.keys("default").result(stuck.id)
+    assert [f[b"status"] for _, f in scene.redis.xrange(result_key)] == [b"FAILURE"]
+    assert len(worker.lines(rf"stuck\[{stuck.id}\] (failed|SUCCESS)")) == 1
 
 
 def test_a_time_limit_in_autoretry_for_retries_the_task(scene: Scene) -> None:

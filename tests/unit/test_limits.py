@@ -161,3 +161,41 @@ def test_a_task_takes_the_apps_time_limits_unless_it_sets_its_own() -> None:
     own = app.task(name="own", time_limit=60)(lambda: None)
     assert (inherits.options.soft_time_limit, inherits.options.time_limit) == (5, 10)
     assert (own.options.soft_time_limit, own.options.time_limit) == (5, 60)
+
+
+def test_a_soft_limit_with_another_cancellation_pending_is_a_cancellation() -> None:
+    """The hard limit (or a revocation) landing with the soft one: the task is cancelled, not
+    told to clean up and go on."""
+    log: list[str] = []
+
+    async def main() -> None:
+        wrapped = Interruptible(_sleeper(log))
+        task = asyncio.ensure_future(_await(wrapped))
+        await asyncio.sleep(0.01)
+        wrapped.soften()
+        task.cancel()  # the soft limit
+        task.cancel()  # the hard one, in the same turn of the loop
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert log == []
+
+
+def test_an_alarm_that_fails_does_not_silence_the_later_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alarms = Alarms("t")
+    rang = threading.Event()
+
+    def fails() -> None:
+        raise RuntimeError("no thread to start")
+
+    now = time.monotonic()
+    alarms.at(now, fails)
+    alarms.at(now + 0.01, rang.set)
+    try:
+        assert rang.wait(5)
+    finally:
+        alarms.close()
+    assert "no thread to start" in caplog.text
