@@ -87,6 +87,10 @@ class AsyncBroker:
         return _s(found_id), int(code)
 
     @_translating
+    async def set_progress(self, key: str, data: bytes, ttl_ms: int) -> None:
+        await self._r.set(key, data, px=ttl_ms)
+
+    @_translating
     async def result_entries(self, key: str, after: str, block_ms: int | None) -> list[Entry]:
         reply = await (self._r if block_ms is None else self._w).xread({key: after}, block=block_ms)
         if not reply:

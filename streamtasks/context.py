@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +12,10 @@ from streamtasks.errors import StreamTasksError
 
 def _nowhere(value: Any) -> None:
     raise StreamTasksError("this task context was built outside a worker: no progress to record")
+
+
+async def _anowhere(value: Any) -> None:
+    _nowhere(value)
 
 
 @dataclass(frozen=True)
@@ -30,18 +34,26 @@ class TaskContext:
     worker: str
     _progress: Callable[[Any], None] = field(default=_nowhere, repr=False, compare=False)
     _revoked: Callable[[], bool] = field(default=lambda: False, repr=False, compare=False)
+    _aprogress: Callable[[Any], Awaitable[None]] = field(
+        default=_anowhere, repr=False, compare=False
+    )
 
     @property
     def revoked(self) -> bool:
-        """Whether the task was revoked while it runs (one Redis round trip): a long task can
-        look now and then, and stop early."""
+        """Whether the task was revoked while it runs: a long task can look now and then, and
+        stop early. In a worker this is what the worker last found (it looks every
+        reclaim_interval); elsewhere, one Redis round trip."""
         return self._revoked()
 
     def set_progress(self, value: Any) -> None:
         """Record how far the task has got: any value streamtasks can send, such as a number or
         a dict. `result.progress` returns the latest, for as long as the result is kept; the
-        result itself is unaffected."""
+        result itself is unaffected. (In an `async def` task, `await aset_progress(value)`.)"""
         self._progress(value)
+
+    async def aset_progress(self, value: Any) -> None:
+        """`set_progress` for an `async def` task: the event loop is not blocked meanwhile."""
+        await self._aprogress(value)
 
 
 # Holds a function that builds the context, so runs that never ask for it never pay for it.

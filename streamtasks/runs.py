@@ -78,6 +78,10 @@ def context_of(d: Delivery, worker: str, app: App, watched: bool = False) -> Tas
         data = app.codec.pack(value, root="the progress")
         app.redis_call(lambda: app.broker.set_progress(key, data, ttl_ms))
 
+    async def aprogress(value: Any) -> None:
+        data = app.codec.pack(value, root="the progress")
+        await app.aredis_call(lambda: app.abroker.set_progress(key, data, ttl_ms))
+
     def asked() -> bool:
         return bool(app.redis_call(lambda: app.broker.revoked_among(d.keys, [d.task_id])))
 
@@ -92,6 +96,7 @@ def context_of(d: Delivery, worker: str, app: App, watched: bool = False) -> Tas
         worker=worker,
         _progress=progress,
         _revoked=(lambda: d.revoked) if watched else asked,
+        _aprogress=aprogress,
     )
 
 

@@ -187,6 +187,13 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
                 raise RuntimeError(f"{token} was never revoked")
         raise TaskRevoked("stopped on request")
 
+    @app.task(name="e2e.async_import_catalog")
+    async def async_import_catalog(token: str, items: int) -> int:
+        await current_task().aset_progress({"done": items // 2, "of": items})
+        await async_hold(token)
+        await current_task().aset_progress({"done": items, "of": items})
+        return items
+
     @app.task(name="e2e.async_hold")
     async def async_hold(token: str) -> str:
         """The async twin of hold: many of these wait on one event loop."""

@@ -9,8 +9,11 @@ from tests.e2e.conftest import Scene
 pytestmark = pytest.mark.timeout(45)
 
 
-def test_the_producer_sees_the_latest_progress_and_get_is_unaffected(scene: Scene) -> None:
-    result = scene.task("import_catalog").delay("catalog", 1000)
+@pytest.mark.parametrize("task", ["import_catalog", "async_import_catalog"])
+def test_the_producer_sees_the_latest_progress_and_get_is_unaffected(
+    scene: Scene, task: str
+) -> None:
+    result = scene.task(task).delay("catalog", 1000)
     assert result.progress is None, "nothing reported before the task starts"
     scene.worker()
 
