@@ -115,20 +115,23 @@ class LoopExecutor:
             self._loop.call_later(self.stall / 4, self._tick)
 
     def _spawn(self, deliveries: list[Delivery]) -> None:
+        create, done, tasks = self._loop.create_task, self._done, self._tasks
         for d in deliveries:
-            task = self._loop.create_task(self._run(d), name=f"{d.task_name}[{d.task_id}]")
+            task = create(self._run(d))
             if self.cancelling:
                 task.cancel()  # submitted as the worker was giving everything back
-            with self._idle:
-                self._tasks.add(task)
-                self._submitted -= 1
-            task.add_done_callback(self._done)
+            tasks.add(task)
+            task.add_done_callback(done)
+        with self._idle:  # only now: until then the batch counted as submitted
+            self._submitted -= len(deliveries)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        with self._idle:
-            self._tasks.discard(task)
-            if self._is_idle():
-                self._idle.notify_all()
+        # The set changes on the loop's thread only; other threads only look (see _is_idle).
+        self._tasks.discard(task)
+        if not self._tasks:
+            with self._idle:
+                if self._is_idle():
+                    self._idle.notify_all()
         if not task.cancelled() and task.exception() is not None:
             log.critical(
                 "worker %s: an async run failed outside its task",
