@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
+import redis.asyncio
 
-from benchmarks import latency, procs, rawloop
+from benchmarks import bodies, latency, procs, rawloop
 from benchmarks.drain import Contestant
 from benchmarks.names import DONE, HOLDING, RAW_STREAM, STAMPS, STARTED
 
@@ -124,6 +126,29 @@ def _st_fill(variant: str) -> Callable[[str, str, int], None]:
     return fill
 
 
+def async_incr_ceiling(url: str, n: int, in_flight: int = 100) -> float:
+    """INCRs a second that redis.asyncio makes with `in_flight` of them awaited at once, on the
+    pool the async drain's task uses, and nothing else: no queue, no worker. What an async worker
+    running the INCR task could reach at best."""
+
+    async def main() -> float:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=64)
+        client = redis.asyncio.Redis(connection_pool=pool)
+        room = asyncio.Semaphore(in_flight)
+
+        async def one() -> None:
+            async with room:
+                await bodies.aincr(client)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        took = time.perf_counter() - began
+        await client.aclose()
+        return n / took
+
+    return asyncio.run(main())
+
+
 def _st_remaining(client: redis.Redis) -> int:
     # A settled entry is acked and deleted in one step, so the stream length is what is left.
     return int(client.xlen(STREAM))
@@ -133,7 +158,7 @@ VARIANTS = {
     "ignore": "results ignored",
     "results": "results stored",
     "keyed": "idempotency key on every task",
-    "async": "async def, results ignored; INCR on redis.asyncio",
+    "async": "async def, results ignored (INCR through redis.asyncio)",
 }
 
 

@@ -127,6 +127,10 @@ def one_run(
                     (f"drain.{body}.{variant}", ours.streamtasks(variant, args.concurrency), body)
                 )
             cases += [(f"drain.{body}.peer.{p.name}", p.contestant(), body) for p in peers]
+        run.attempt(
+            "drain.incr.async_ceiling",
+            lambda: add("drain.incr.async_ceiling", ours.async_incr_ceiling(server.url, args.n)),
+        )
         for key, who, body in rotated(cases, index, args.runs):
 
             def one(key: str = key, who: drain.Contestant = who, body: str = body) -> None:
@@ -263,6 +267,15 @@ def rows(
                 f"drain.{body}.{variant}",
                 "tasks/s",
                 ours.streamtasks(variant, args.concurrency).settings,
+                raw_key=raw_key,
+            )
+        if body == "incr":
+            row(
+                section,
+                "redis.asyncio alone, 100 INCRs in flight",
+                "drain.incr.async_ceiling",
+                "tasks/s",
+                "no queue, no worker: the most an async worker running this body could reach",
                 raw_key=raw_key,
             )
         for p in peers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -212,9 +213,9 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
             await client.aclose()
         return token
 
-    @app.task(name="e2e.clean_up_late", soft_time_limit=0.5, time_limit=10)
-    def clean_up_late(token: str) -> str:
-        """Works in short steps until its soft limit, then cleans up."""
+    def steps_until_stopped(token: str, note: Callable[[SoftTimeLimitExceeded], str]) -> str:
+        """Works in short steps, never looking for a reason to stop: only a soft limit stops
+        it, and it notes what it was told."""
         t = traces()
         t.client.rpush(f"{t.prefix}:started", token)
         deadline = time.monotonic() + HOLD_LIMIT
@@ -222,9 +223,13 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
             while time.monotonic() < deadline:
                 time.sleep(0.01)  # one step of the work
         except SoftTimeLimitExceeded as exc:
-            t.note(token, f"cleaned up: {type(exc).__name__}")
+            t.note(token, note(exc))
             raise
         return "never stopped"
+
+    @app.task(name="e2e.clean_up_late", soft_time_limit=0.5, time_limit=10)
+    def clean_up_late(token: str) -> str:
+        return steps_until_stopped(token, lambda exc: f"cleaned up: {type(exc).__name__}")
 
     @app.task(name="e2e.stuck", time_limit=1)
     def stuck(token: str) -> str:
@@ -277,17 +282,7 @@ def build_app(name: str, url: str | None = None, visibility_timeout: float = 1.0
 
     @app.task(name="e2e.stop_when_revoked", soft_time_limit=HOLD_LIMIT)
     def stop_when_revoked(token: str) -> str:
-        """Works in short steps without looking for a revocation: its soft limit brings it."""
-        t = traces()
-        t.client.rpush(f"{t.prefix}:started", token)
-        deadline = time.monotonic() + HOLD_LIMIT
-        try:
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
-        except SoftTimeLimitExceeded as exc:
-            t.note(token, f"stopped: {exc}")
-            raise
-        return "never stopped"
+        return steps_until_stopped(token, lambda exc: f"stopped: {type(exc).__name__}")
 
     @app.task(name="e2e.divide")
     def divide(total: int, parts: int) -> float:

@@ -1,5 +1,5 @@
 """Revoke and expiry, with real worker processes: a revoked or expired task never starts, the
-revocation lives in Redis (it outlives the worker), and a running task can see it."""
+revocation lives in Redis (it outlives the worker), and a running task is stopped by it."""
 
 from __future__ import annotations
 
@@ -55,12 +55,25 @@ def test_a_task_not_started_before_it_expires_is_not_run(scene: Scene) -> None:
     assert scene.traces.runs("stale") == 0
 
 
-def test_a_running_task_sees_its_revocation_and_stops(scene: Scene) -> None:
-    scene.worker()
-    running = scene.task("watch").delay("long")
+@pytest.mark.parametrize(
+    ("task", "ended", "notes"),
+    [
+        ("watch", "stopped on request", []),  # looks at current_task().revoked
+        ("async_wait", "revoked while it ran", ["cancelled"]),  # cancelled at its await
+        # A plain task with a soft limit gets SoftTimeLimitExceeded raised inside at once.
+        ("stop_when_revoked", "revoked while it ran", ["stopped: RevokedWhileRunning"]),
+    ],
+)
+def test_a_running_task_is_stopped_by_its_revocation(
+    scene: Scene, task: str, ended: str, notes: list[str]
+) -> None:
+    worker = scene.worker()
+    running = scene.task(task).delay("long")
     scene.traces.started(timeout=10)
 
     running.revoke()
-    with pytest.raises(TaskRevoked, match="stopped on request"):
+    with pytest.raises(TaskRevoked, match=ended):
         running.get(timeout=10)
     assert running.status == "REVOKED"
+    assert scene.traces.notes("long") == notes
+    worker.wait_for(rf"{task}\[{running.id}\] stopped: {ended}")

@@ -98,8 +98,9 @@ def test_giving_up_on_a_thread_run_tells_its_thread_when_the_task_returns() -> N
     assert out == [True]
 
 
-async def _sleeper(log: list[str]) -> str:
+async def _sleeper(log: list[str], started: asyncio.Event) -> str:
     try:
+        started.set()
         await asyncio.sleep(10)
     except SoftTimeLimitExceeded:
         log.append("soft")
@@ -108,13 +109,24 @@ async def _sleeper(log: list[str]) -> str:
     return "slept"
 
 
+async def _running(log: list[str]) -> tuple[Interruptible, asyncio.Future[object]]:
+    """A sleeper wrapped and running in a task of its own, waiting at its await."""
+    started = asyncio.Event()
+    wrapped = Interruptible(_sleeper(log, started))
+
+    async def run() -> object:
+        return await wrapped
+
+    task = asyncio.ensure_future(run())
+    await started.wait()
+    return wrapped, task
+
+
 def test_a_softened_cancellation_reaches_the_coroutine_as_a_soft_limit() -> None:
     log: list[str] = []
 
-    async def main() -> str:
-        wrapped = Interruptible(_sleeper(log))
-        task = asyncio.ensure_future(_await(wrapped))
-        await asyncio.sleep(0.01)
+    async def main() -> object:
+        wrapped, task = await _running(log)
         wrapped.soften()
         task.cancel()
         return await task
@@ -125,17 +137,12 @@ def test_a_softened_cancellation_reaches_the_coroutine_as_a_soft_limit() -> None
 
 def test_a_plain_cancellation_passes_through_as_cancelled() -> None:
     async def main() -> None:
-        task = asyncio.ensure_future(_await(Interruptible(_sleeper([]))))
-        await asyncio.sleep(0.01)
+        _, task = await _running([])
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-
-
-async def _await(awaitable: Interruptible) -> object:
-    return await awaitable
 
 
 @pytest.mark.parametrize(
@@ -169,9 +176,7 @@ def test_a_soft_limit_with_another_cancellation_pending_is_a_cancellation() -> N
     log: list[str] = []
 
     async def main() -> None:
-        wrapped = Interruptible(_sleeper(log))
-        task = asyncio.ensure_future(_await(wrapped))
-        await asyncio.sleep(0.01)
+        wrapped, task = await _running(log)
         wrapped.soften()
         task.cancel()  # the soft limit
         task.cancel()  # the hard one, in the same turn of the loop
