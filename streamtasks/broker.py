@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import redis
 
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, DecodeError, StreamTasksError
-from streamtasks.keys import GROUP, QueueKeys
+from streamtasks.keys import GROUP, QueueKeys, WorkerKeys
 from streamtasks.message import Fields, flatten, pack, unnetstring
 from streamtasks.protocol import ENQUEUED, REFUSED, SettleRecord
 
@@ -129,6 +130,21 @@ class Batch(NamedTuple):
     revocations: bool
 
 
+class QueueStatus(NamedTuple):
+    """A queue at one moment: entries never delivered (`waiting`), delivered and not settled
+    (`in_flight`), delayed, dead-lettered; when the oldest waiting entry was added (Unix ms, None
+    if nothing waits); the consumers of its group; and how many runs ended in each minute asked
+    for."""
+
+    waiting: int
+    in_flight: int
+    delayed: int
+    dead: int
+    oldest_waiting_ms: int | None
+    consumers: int
+    ended: list[int]
+
+
 class Buried(NamedTuple):
     """An entry reclaim dead-lettered because it was delivered max_deliveries times."""
 
@@ -208,6 +224,7 @@ class Broker:
                 "lease",
                 "prune",
                 "replay",
+                "register",
             )
         }
 
@@ -378,10 +395,18 @@ class Broker:
         ]
 
     @_translating
-    def settle(self, keys: QueueKeys, consumer: str, records: Sequence[SettleRecord]) -> list[int]:
-        """Apply finished runs, each atomically, in one round trip. One code per record: SETTLED,
-        REFUSED (another consumer owns the entry now), or GONE (a success whose entry no longer
-        exists anywhere: its result was recorded, there was nothing left to ack)."""
+    def settle(
+        self,
+        keys: QueueKeys,
+        consumer: str,
+        records: Sequence[SettleRecord],
+        *,
+        minute: int | None = None,
+    ) -> list[int]:
+        """Apply finished runs, each atomically, in one round trip, counting those that ended in
+        `minute` (Unix time // 60; default: now). One code per record: SETTLED, REFUSED (another
+        consumer owns the entry now), or GONE (a success whose entry no longer exists anywhere:
+        its result was recorded, there was nothing left to ack)."""
         plain: list[int] = []
         full: list[int] = []
         for i, r in enumerate(records):
@@ -393,10 +418,10 @@ class Broker:
             rkey = ikey = 0
             if r.result_key is not None:
                 extra_keys.append(r.result_key)
-                rkey = 4 + len(extra_keys)
+                rkey = 5 + len(extra_keys)
             if r.idempotency_key is not None:
                 extra_keys.append(r.idempotency_key)
-                ikey = 4 + len(extra_keys)
+                ikey = 5 + len(extra_keys)
             args += [
                 r.entry_id,
                 r.action,
@@ -408,7 +433,10 @@ class Broker:
                 ikey,
                 r.extra,
             ]
-        settle_keys = [keys.stream, keys.dead, keys.delayed, keys.wake, *extra_keys]
+        if minute is None:
+            minute = int(time.time() // 60)
+        settle_keys = [keys.stream, keys.dead, keys.delayed, keys.wake, keys.done(minute)]
+        settle_keys += extra_keys
         try:
             applied = self._scripts["settle"](keys=settle_keys, args=args)
         except redis.ResponseError as exc:
@@ -624,6 +652,77 @@ class Broker:
     @_translating
     def dead_count(self, keys: QueueKeys) -> int:
         return int(self._r.xlen(keys.dead))
+
+    @_translating
+    def queue_status(self, keys: QueueKeys, minutes: Sequence[int]) -> QueueStatus:
+        """The queue now, with the runs that ended in each of `minutes` (Unix time // 60). Reads
+        only: a queue nobody used yet reads as zeros and is not created."""
+        # MULTI: one snapshot of the counts (a settled entry leaves the stream and the pending
+        # list together).
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xlen(keys.stream)
+        pipe.xinfo_groups(keys.stream)
+        pipe.zcard(keys.delayed)
+        pipe.xlen(keys.dead)
+        pipe.mget([keys.done(m) for m in minutes])
+        length, groups, delayed, dead, ended = pipe.execute(raise_on_error=False)
+        if isinstance(groups, redis.ResponseError):
+            if "no such key" not in str(groups).lower():
+                raise groups
+            groups = []  # no stream yet
+        group = next((g for g in groups if _s(g["name"]) == GROUP), None)
+        in_flight = int(group["pending"]) if group else 0
+        # Settled entries are deleted: what is in the stream is in flight or waiting.
+        waiting = int(length) - in_flight
+        oldest = None
+        if waiting > 0:
+            after = _s(group["last-delivered-id"]) if group else "0-0"
+            found = self._r.xrange(keys.stream, f"({after}", "+", count=1)
+            oldest = int(_s(found[0][0]).split("-")[0]) if found else None
+        return QueueStatus(
+            waiting,
+            in_flight,
+            int(delayed),
+            int(dead),
+            oldest,
+            int(group["consumers"]) if group else 0,
+            [int(n or 0) for n in ended],
+        )
+
+    # -- the worker registry ---------------------------------------------------------------
+
+    @_translating
+    def register(
+        self,
+        workers: WorkerKeys,
+        name: str,
+        mode: str,
+        instance: str,
+        *,
+        now_ms: int,
+        ttl_ms: int,
+        record: Mapping[str, str] | None = None,
+    ) -> dict[str, str] | None:
+        """Write, refresh or delete worker `name`'s record (see register.lua for `mode`): None
+        when done, else the record of the live worker that holds the name."""
+        args: list[Any] = [mode, instance, name, now_ms, ttl_ms]
+        for field, value in (record or {}).items():
+            args += [field, value]
+        reply = self._scripts["register"](keys=[workers.worker(name), workers.index], args=args)
+        if int(reply[0]) == 1:
+            return None
+        flat = reply[1:]
+        return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    @_translating
+    def workers(self, workers: WorkerKeys) -> list[dict[str, str]]:
+        """The records of the app's live workers, by name."""
+        names = [_s(n) for n in self._r.zrange(workers.index, 0, -1)]
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(workers.worker(name))
+        found = [{_s(k): _s(v) for k, v in r.items()} for r in pipe.execute()]
+        return sorted((r for r in found if r), key=lambda r: r.get("name", ""))
 
     @_translating
     def ping(self) -> None:

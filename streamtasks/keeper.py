@@ -22,6 +22,7 @@ from streamtasks.broker import Reclaimed
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery
+from streamtasks.registry import BEAT
 from streamtasks.retrying import Outage
 from streamtasks.runs import Io
 from streamtasks.schedule import PromoteSchedule
@@ -76,6 +77,10 @@ class Held(Protocol):
         """Stop the running tasks revoked meanwhile (asking Redis through `io`)."""
         ...
 
+    def beat(self) -> None:
+        """Refresh the worker's record in the registry."""
+        ...
+
 
 class Keeper:
     """One worker run's keeper. `run()` ticks until `stop` is set; each run has a keeper of its
@@ -97,6 +102,7 @@ class Keeper:
             "reclaim": held.reclaim_interval,
             "lease": held.lease_every,
             "revoked": held.reclaim_interval,
+            "beat": BEAT,
             "prune": 60.0,
         }
         # Each job, given the tick's time; what it returns, if anything: when it runs again.
@@ -105,6 +111,7 @@ class Keeper:
             "reclaim": lambda now: self._reclaim(),
             "lease": lambda now: self._renew_leases(),
             "revoked": lambda now: held.stop_revoked(self._keep),
+            "beat": lambda now: self._keep(held.beat),
             "prune": lambda now: self._prune(),
         }
         self._due = {job: now + every for job, every in self._every.items()}

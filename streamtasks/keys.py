@@ -79,3 +79,28 @@ class QueueKeys:
 
     def idempotency(self, key: str) -> str:
         return self.idempotency_prefix + key
+
+    def done(self, minute: int) -> str:
+        """How many runs of the queue ended in minute `minute` (Unix time // 60), kept 10 min."""
+        return f"{self._base}:done:{minute}"
+
+
+@dataclass(frozen=True)
+class WorkerKeys:
+    """The registry of an app's live workers: a hash per worker, kept alive by its heartbeat,
+    and an index of their names. They share the hash tag ``{app:workers}``: one cluster slot for
+    the app's registry, apart from its queues."""
+
+    app: str
+
+    @cached_property
+    def _base(self) -> str:
+        return f"{self.app}:{{{self.app}:workers}}"
+
+    @cached_property
+    def index(self) -> str:
+        """Sorted set of worker names, each scored by when its record was last written (ms)."""
+        return f"{self._base}:index"
+
+    def worker(self, name: str) -> str:
+        return f"{self._base}:w:{name}"

@@ -144,7 +144,8 @@ def begin(d: Delivery, app: App, worker: str, io: Io) -> bool:
     options = d.options
     assert options is not None
     if not options.acks_late:
-        (acked,) = io(partial(app.broker.settle, d.keys, worker, [early_ack(d)]))
+        minute = int(app.clock() // 60)
+        (acked,) = io(partial(app.broker.settle, d.keys, worker, [early_ack(d)], minute=minute))
         if acked != SETTLED:
             log.warning(
                 "%s[%s] was taken over by another worker before it started; not run here",

@@ -272,6 +272,13 @@ class Session:
             ]
         return by_queue(held)
 
+    def counts(self) -> dict[str, int]:
+        """What the run's record in the registry says of its work."""
+        return {"in_flight": self.running, **self.settler.counts}
+
+    def beat(self) -> None:
+        self.worker.registration.beat(self.counts())
+
     def stop_revoked(self, io: Io) -> None:
         """Look for revocations of the tasks running here and stop those that can be: an async
         task is cancelled, a plain one with a soft time limit gets RevokedWhileRunning; any of

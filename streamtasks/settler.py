@@ -29,6 +29,14 @@ _BATCH = 500
 # finishing close together share one: a settle costs about what a task making one Redis call does.
 _LINGER = 0.002
 _STOP: Any = object()
+# How a run's status counts in the worker's record (streamtasks status): a dead letter failed too.
+_COUNTED = {
+    "SUCCESS": "done",
+    "FAILURE": "failed",
+    "DEAD": "failed",
+    "RETRY": "retried",
+    "REVOKED": "revoked",
+}
 
 
 class Settler:
@@ -53,6 +61,8 @@ class Settler:
         self._busy = busy
         self._abort = abort
         self._records: queue.SimpleQueue[Settle] = queue.SimpleQueue()
+        #: Runs applied so far, by how they ended (written by the settler's thread only).
+        self.counts = dict.fromkeys(_COUNTED.values(), 0)
 
     def put(self, settle: Settle) -> None:
         """Apply this record soon. A finished run is handed over at once, never held back for a
@@ -89,8 +99,9 @@ class Settler:
             groups.setdefault(s.delivery.keys.stream, (s.delivery.keys, []))[1].append(s)
         for keys, group in groups.values():
             try:
+                records, minute = [s.record for s in group], int(self.app.clock() // 60)
                 codes = retrying.call(
-                    partial(self.app.broker.settle, keys, self.worker, [s.record for s in group]),
+                    partial(self.app.broker.settle, keys, self.worker, records, minute=minute),
                     self.outage,
                     stop=self._abort,  # past the shutdown deadline: left pending, redelivered
                 )
@@ -99,6 +110,9 @@ class Settler:
             for s, code in zip(group, codes, strict=True):
                 if code in (REFUSED, GONE):
                     _report(s, code)
+                counted = _COUNTED.get(s.status) if code != REFUSED else None
+                if counted is not None:
+                    self.counts[counted] += 1
             self._settled([s.delivery for s in group])
 
 

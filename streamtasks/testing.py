@@ -338,7 +338,13 @@ class Runner:
     def _settle(self, settle: Settle) -> Ran:
         d = settle.delivery
         (code,) = self.app.redis_call(
-            partial(self.app.broker.settle, d.keys, self.name, [settle.record])
+            partial(
+                self.app.broker.settle,
+                d.keys,
+                self.name,
+                [settle.record],
+                minute=int(self.app.clock() // 60),
+            )
         )
         if code == REFUSED:
             log.warning(

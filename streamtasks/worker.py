@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import streamtasks
@@ -20,6 +21,7 @@ from streamtasks import retrying
 from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.limits import Alarms
+from streamtasks.registry import TTL, Registration
 from streamtasks.runs import visibility_timeouts
 from streamtasks.session import Session
 
@@ -116,6 +118,15 @@ class Worker:
         #: Set by stop(); cleared when a run ends, not when one starts: a stop() that came
         #: before run() must still count.
         self.stop_event = threading.Event()
+        #: This worker's record in the app's registry of live workers.
+        self.registration = Registration(
+            app,
+            self.name,
+            queues=self.queues,
+            concurrency=concurrency,
+            async_concurrency=self.async_concurrency,
+            clock=app.clock,
+        )
         self._session: Session | None = None
 
     def __repr__(self) -> str:
@@ -157,11 +168,15 @@ class Worker:
     def _serve(self, until_idle: bool, deadline: float | None) -> None:
         session = self._session = Session(self, until_idle)
         self.stuck = False
-        timed_out = False
+        timed_out = registered = False
         try:
             self._introduce()
             if not self._connect():
                 return
+            # Before anything is read: a worker refused its name must not take the entries
+            # its namesake holds.
+            session.io(partial(self.registration.claim, session.counts(), self.stop_event))
+            registered = True
             session.start()
             log.info(
                 "worker %s serving %s with %d threads",
@@ -178,6 +193,8 @@ class Worker:
             # Stopped during an outage: nothing was lost, what is held returns by itself.
         finally:
             session.shutdown(self.shutdown_timeout)
+            if registered:
+                self._deregister()
             self.stop_event.clear()
             log.info("worker %s stopped", self.name, extra={"worker": self.name})
         crashed = session.crashed
@@ -189,6 +206,17 @@ class Worker:
             )
         if timed_out:
             raise TimeoutError(f"queues {self.queues} not drained in time")
+
+    def _deregister(self) -> None:
+        try:
+            retrying.call(self.registration.release, self.outage, give_up_after=2.0)
+        except StreamTasksError:
+            log.warning(
+                "worker %s could not remove its record from the registry; it lapses in %gs",
+                self.name,
+                TTL,
+                extra={"worker": self.name},
+            )
 
     def _introduce(self) -> None:
         """Say who this worker is and what it will run, before anything can go wrong."""

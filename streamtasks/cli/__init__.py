@@ -1,20 +1,19 @@
 """The `streamtasks` command: a thin click layer over the library; logging is set up here only.
 
-Each command group has a module of its own (worker, dlq); this one holds the group, the small
+Each command has a module of its own (worker, dlq, status); this one holds the group, the small
 commands, and the one place failures are worded.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, NoReturn
 
 import click
 
-from streamtasks.app import App
 from streamtasks.cli.dlq import dlq
-from streamtasks.cli.options import APP, AS_JSON, URL, app_queues, use_url
+from streamtasks.cli.options import AS_JSON
+from streamtasks.cli.status import status
 from streamtasks.cli.worker import worker
 from streamtasks.errors import StreamTasksError
 
@@ -30,36 +29,7 @@ def main() -> None:
 
 main.add_command(worker)
 main.add_command(dlq)
-
-
-@main.command()
-@APP
-@URL
-@AS_JSON
-def status(app: App, url: str | None, as_json: bool) -> None:
-    """Backlog per queue: entries in the stream, pending on workers, delayed, dead-lettered."""
-    app = use_url(app, url)
-    rows = []
-    for queue in app_queues(app):
-        keys = app.keys(queue)
-        length, pending, delayed = app.broker.backlog(keys)
-        rows.append(
-            {
-                "queue": queue,
-                "stream": length,
-                "pending": pending,
-                "delayed": delayed,
-                "dead": app.broker.dead_count(keys),
-            }
-        )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'queue':<24}{'stream':>10}{'pending':>10}{'delayed':>10}{'dead':>10}")
-    for r in rows:
-        click.echo(
-            f"{r['queue']:<24}{r['stream']:>10}{r['pending']:>10}{r['delayed']:>10}{r['dead']:>10}"
-        )
+main.add_command(status)
 
 
 @main.command()

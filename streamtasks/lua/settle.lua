@@ -1,6 +1,6 @@
 -- Apply the outcomes of finished runs, each only if this consumer still owns its entry.
--- KEYS: stream, dlq, delayed zset, wake stream, then the result and idempotency keys the records
---   point at
+-- KEYS: stream, dlq, delayed zset, wake stream, this minute's count of ended runs (kept 10
+--   minutes, for `streamtasks status`), then the result and idempotency keys the records point at
 -- ARGV: group, consumer, n, then n entry ids to ack plainly (no result, no key: the fast path),
 --   then records of 9:
 --   entry id | action | task id | result key index | result ttl ms | status | data |
@@ -18,6 +18,7 @@
 local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
 local plain = tonumber(ARGV[3])
 local out, acks, dels, seen = {}, {}, {}, {}
+local ended = 0  -- runs that ended here: acks and dead letters, not retries or acks on receipt
 -- The batch's XACK comes at the end, so the fence alone would pass an id twice in one call.
 local function first(id)
   if seen[id] then return false end
@@ -27,6 +28,7 @@ end
 for i = 4, 3 + plain do
   if first(ARGV[i]) and owner(stream, group, ARGV[i]) == me then
     acks[#acks + 1] = ARGV[i]
+    ended = ended + 1
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -56,6 +58,7 @@ for i = 4 + plain, #ARGV, 9 do
     -- A successful run still records its result; a retry or dead letter could add a run, so not.
     if holder == false and act == 'a' and redis.call('XRANGE', stream, id, id)[1] == nil then
       record(task, rkey, ttl, status, data, ikey, tonumber(extra))
+      ended = ended + 1
       out[#out + 1] = 2
     else
       out[#out + 1] = 0
@@ -74,8 +77,10 @@ for i = 4 + plain, #ARGV, 9 do
       if acked then dels[#dels + 1] = id else acks[#acks + 1] = id end
       if act == 'a' then
         record(task, rkey, ttl, status, data, ikey, tonumber(extra))
+        ended = ended + 1
       elseif act == 'd' then
         record(task, rkey, ttl, status, data, ikey, 0)
+        ended = ended + 1
       else
         record(task, rkey, ttl, status, data, 0, 0)
       end
@@ -90,4 +95,8 @@ if #acks > 0 then
   redis.call('XDEL', stream, unpack(acks))
 end
 if #dels > 0 then redis.call('XDEL', stream, unpack(dels)) end
+if ended > 0 then
+  redis.call('INCRBY', KEYS[5], ended)
+  redis.call('PEXPIRE', KEYS[5], 600000)
+end
 return out

@@ -149,9 +149,8 @@ def test_dlq_list_json_shows_each_dead_letter_with_its_reason(scene: Scene) -> N
         assert (d["error_type"], d["error"], d["worker"]) == ("Reject", "card declined", "cashier")
         assert d["origin_stream"] == scene.stream
         assert d["queue"] == "default"
-    assert scene.cli_json("status") == [
-        {"queue": "default", "stream": 0, "pending": 0, "delayed": 0, "dead": 2}
-    ]
+    (queue,) = scene.cli_json("status")["queues"]
+    assert (queue["waiting"], queue["in_flight"], queue["delayed"], queue["dead"]) == (0, 0, 0, 2)
 
 
 def test_the_ids_dlq_list_json_prints_are_the_ones_dlq_show_takes(scene: Scene) -> None:
@@ -181,11 +180,11 @@ def test_a_replayed_dead_letter_runs_again_and_purge_empties_the_dlq(scene: Scen
     assert replayed == {"replayed": [alice], "queues": {"default": 1}}
     eventually(lambda: alices_payment.status == "SUCCESS")
     assert scene.traces.completions("alice") == 1
-    assert scene.cli_json("status")[0]["dead"] == 1
+    assert scene.cli_json("status")["queues"][0]["dead"] == 1
 
     assert scene.cli_json("dlq", "purge", "--id", bob) == {"purged": 1, "queues": {"default": 1}}
     assert scene.cli_json("dlq", "list") == []
-    assert scene.cli_json("status")[0]["dead"] == 0
+    assert scene.cli_json("status")["queues"][0]["dead"] == 0
 
 
 def test_dlq_commands_cover_every_queue_of_the_app_unless_Q_narrows_them(scene: Scene) -> None:
@@ -476,14 +475,51 @@ def test_status_prints_a_table(scene: Scene) -> None:
     done = scene.cli("status", "-A", TASKS)
 
     assert done.returncode == 0, done.stderr
-    header, row = done.stdout.splitlines()
-    assert header.split() == ["queue", "stream", "pending", "delayed", "dead"]
-    assert row.split() == ["default", "1", "0", "0", "0"]
+    header, row, _, no_worker = done.stdout.splitlines()
+    assert header.split()[:5] == ["queue", "waiting", "in_flight", "delayed", "dead"]
+    assert row.split()[:5] == ["default", "1", "0", "0", "0"]
+    assert no_worker == "no live worker"
 
 
 def test_status_of_queues_nobody_used_yet_reads_zeros_and_writes_nothing(scene: Scene) -> None:
     done = scene.cli("status", "-A", TASKS, "--json")
 
     assert done.returncode == 0, done.stderr
-    assert {row["stream"] for row in json.loads(done.stdout)} == {0}
+    found = json.loads(done.stdout)
+    assert {row["waiting"] for row in found["queues"]} == {0}
+    assert found["workers"] == []
     assert scene.redis.keys(f"{scene.name}:*") == []
+
+
+def test_status_lists_a_live_worker_with_its_work_until_it_stops(scene: Scene) -> None:
+    worker = scene.worker("-n", "cashier-1", "-c", "2")
+    assert [r.get(timeout=10) for r in scene.task("square").map(range(5))] == [0, 1, 4, 9, 16]
+
+    # The record says what the worker did as of its last beat (every 2 s).
+    rows: list[dict[str, Any]] = []
+
+    def counted() -> bool:
+        rows[:] = scene.cli_json("status")["workers"]
+        return rows[0]["done"] == 5
+
+    eventually(counted)
+    (row,) = rows
+    assert (row["name"], row["pid"], row["queues"]) == ("cashier-1", worker.pid, ["default"])
+    assert (row["concurrency"], row["in_flight"], row["failed"]) == (2, 0, 0)
+    assert row["last_seen_s"] < 10
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert scene.cli_json("status")["workers"] == []
+
+
+def test_a_second_worker_under_a_live_workers_name_is_refused(scene: Scene) -> None:
+    first = scene.worker("-n", "cashier-1")
+
+    second = scene.worker("-n", "cashier-1", ready=0)
+
+    assert second.wait(timeout=30) == 1
+    second.wait_for(r"error: worker name 'cashier-1' is held by a live worker \(pid \d+")
+    assert second.lines("serving") == []
+    assert scene.task("square").delay(3).get(timeout=10) == 9
+    assert first.proc.poll() is None

@@ -31,10 +31,9 @@ def test_a_bulk_drain_leaves_an_empty_stream(scene: Scene) -> None:
 
     assert [r.get(timeout=25) for r in results] == [x * x for x in range(2000)]
     # Acked entries are deleted too, so a queue that keeps up does not grow without bound.
-    status = scene.cli_json("status")
-    assert status == [{"queue": "default", "stream": 0, "pending": 0, "delayed": 0, "dead": 0}], (
-        worker.log
-    )
+    (queue,) = scene.cli_json("status")["queues"]
+    counts = (queue["waiting"], queue["in_flight"], queue["delayed"], queue["dead"])
+    assert counts == (0, 0, 0, 0), worker.log
     assert scene.redis.xlen(scene.stream) == 0
 
 
