@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from streamtasks.app import App
+from streamtasks.cli.jsonlog import JsonFormatter
 from streamtasks.cli.options import APP, URL, queue_list, use_url
 from streamtasks.errors import StreamTasksError
 from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, Signals, supervise
@@ -63,6 +64,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object a line, with the task's id, name, queue, attempt, outcome, duration "
+    "and worker on every task line.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -84,12 +93,16 @@ def worker(
     url: str | None,
     name: str | None,
     loglevel: str,
+    log_format: str,
     shutdown_timeout: float,
     startup_timeout: float | None,
 ) -> None:
     """Run tasks. SIGTERM/SIGINT: finish in-flight tasks and exit 0; another one a second or more
     later exits at once (two within a second count as one)."""
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # A supervised child takes orders from its supervisor only. A signal sent to the whole
     # process group (Ctrl-C, systemd's stop) reaches it twice, directly and forwarded, so it
     # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.

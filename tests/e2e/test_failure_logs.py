@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from streamtasks import TaskError
@@ -40,3 +42,25 @@ def test_each_retry_warns_when_the_next_attempt_runs_and_the_last_one_errors(
     [dead] = worker.wait_for(rf"ERROR .*e2e\.gateway_down\[{result.id}\]")
     assert "dead-lettered on attempt 2" in dead
     assert "gave up after 2 attempts: payment gateway unreachable for o-7" in dead
+
+
+def test_json_logs_carry_each_tasks_fields_one_object_a_line(scene: Scene) -> None:
+    worker = scene.worker("--log-format", "json", "-n", "cashier-1")
+    assert scene.task("square").delay(3).get(timeout=10) == 9
+    failed = scene.task("divide").delay(10, 0)
+    with pytest.raises(TaskError):
+        failed.get(timeout=10)
+
+    worker.wait_for(r'"outcome": "FAILURE"')
+    lines = [json.loads(line) for line in worker.log.splitlines()]
+    [ok] = [line for line in lines if line.get("task") == "e2e.square"]
+    assert (ok["level"], ok["queue"], ok["attempt"], ok["outcome"]) == (
+        "INFO",
+        "default",
+        1,
+        "SUCCESS",
+    )
+    assert ok["worker"] == "cashier-1" and ok["duration_s"] >= 0 and ok["time"].endswith("Z")
+    [bad] = [line for line in lines if line.get("task_id") == failed.id]
+    assert (bad["level"], bad["outcome"]) == ("ERROR", "FAILURE")
+    assert "ZeroDivisionError: division by zero" in bad["traceback"]
