@@ -715,6 +715,18 @@ class Broker:
         return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     @_translating
+    def lead(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Take or keep the lease `key` for `token` for `ttl_ms`; False if another holds it.
+        (Kept with a GET then a PEXPIRE: should the lease lapse between them, two holders
+        measure the same figures for one round, which does no harm.)"""
+        if self._r.set(key, token, nx=True, px=ttl_ms):
+            return True
+        if _s(self._r.get(key) or b"") != token:
+            return False
+        self._r.pexpire(key, ttl_ms)
+        return True
+
+    @_translating
     def workers(self, workers: WorkerKeys) -> list[dict[str, str]]:
         """The records of the app's live workers, by name."""
         names = [_s(n) for n in self._r.zrange(workers.index, 0, -1)]

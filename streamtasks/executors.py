@@ -208,7 +208,7 @@ class ThreadPool:
         was given up on (then `d.given_up` is set)."""
         host, app, options = self.host, self.host.app, d.options
         assert options is not None
-        d.started = True
+        d.started, d.started_at = True, time.time()
         late = expired(d, app.clock())
         if late is not None:
             return not_run(d, late, app, host.name)
@@ -226,6 +226,7 @@ class ThreadPool:
         if settle is None:  # only a run given up on has none
             d.given_up = True
             return None
+        d.took = took
         self.avg_run = 0.8 * self.avg_run + 0.2 * took
         return settle
 

@@ -22,7 +22,7 @@ from streamtasks.broker import Reclaimed
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery
-from streamtasks.registry import BEAT
+from streamtasks.registry import BEAT, FIGURES_EVERY
 from streamtasks.retrying import Outage
 from streamtasks.runs import Io
 from streamtasks.schedule import PromoteSchedule
@@ -81,6 +81,14 @@ class Held(Protocol):
         """Refresh the worker's record in the registry."""
         ...
 
+    def heard(self, renewed: int = 0) -> None:
+        """Redis answered a call (which renewed `renewed` leases)."""
+        ...
+
+    def measure_queues(self) -> None:
+        """Measure the queues for the metrics, if this worker is the one that does."""
+        ...
+
 
 class Keeper:
     """One worker run's keeper. `run()` ticks until `stop` is set; each run has a keeper of its
@@ -103,6 +111,7 @@ class Keeper:
             "lease": held.lease_every,
             "revoked": held.reclaim_interval,
             "beat": BEAT,
+            "figures": FIGURES_EVERY,
             "prune": 60.0,
         }
         # Each job, given the tick's time; what it returns, if anything: when it runs again.
@@ -112,10 +121,12 @@ class Keeper:
             "lease": lambda now: self._renew_leases(),
             "revoked": lambda now: held.stop_revoked(self._keep),
             "beat": lambda now: self._keep(held.beat),
+            "figures": lambda now: self._keep(held.measure_queues),
             "prune": lambda now: self._prune(),
         }
         self._due = {job: now + every for job, every in self._every.items()}
         self._due["promote"] = now  # what came due while no worker ran, at once
+        self._due["figures"] = now
         self._backing_off: set[str] = set()  # jobs paused because Redis was unreachable
 
     def run(self) -> None:
@@ -163,6 +174,7 @@ class Keeper:
     def _keep(self, call: Callable[[], T]) -> T:
         """A Redis call: the loop logs a failure; a success after one ends the outage."""
         result = call()
+        self.held.heard()
         if self.held.outage.down:
             self.held.outage.recovered()
         return result
@@ -273,6 +285,7 @@ class Keeper:
         for keys, group in w.renewable():
             ids = [d.entry_id for d in group]
             lost = self._keep(partial(w.app.broker.lease, keys, w.name, ids, hand_back=False))
+            w.heard(renewed=len(ids) - len(lost))
             for d in group:
                 if d.entry_id in lost:
                     log.warning(

@@ -104,3 +104,8 @@ class WorkerKeys:
 
     def worker(self, name: str) -> str:
         return f"{self._base}:w:{name}"
+
+    @cached_property
+    def figures(self) -> str:
+        """Who measures the app's queues for the metrics now: a short lease one worker holds."""
+        return f"{self._base}:figures"

@@ -59,6 +59,10 @@ class LoopExecutor:
         self._thread.start()
         self._watchdog.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def finish(self, deadline: float) -> None:
         if not self.wait_idle(deadline - time.monotonic()):
             # Cancelled runs record nothing: handed back by the run, they run elsewhere.
@@ -145,7 +149,7 @@ class LoopExecutor:
         host, app = self.host, self.host.app
         if host.ended.is_set():
             return  # its run is over: the entry stays pending in Redis, for redelivery
-        d.started = True
+        d.started, d.started_at = True, time.time()
         alarms: list[asyncio.TimerHandle] = []
         options = d.options
         assert options is not None
@@ -165,7 +169,7 @@ class LoopExecutor:
                 d.interrupt = partial(self._loop.call_soon_threadsafe, task.cancel)
                 if d.revoked:  # while it began: the keeper found nothing to interrupt then
                     task.cancel()
-                settle, _ = await aexecute(
+                settle, d.took = await aexecute(
                     d,
                     app,
                     worker=host.name,

@@ -44,6 +44,8 @@ class Delivery:
     finished: bool = False  # the run ended; its outcome waits for the settler
     settling: bool = False  # the settler has taken the outcome
     acked_early: bool = False  # acks_late=False: acked before the run started
+    started_at: float = 0.0  # the wall-clock time its run began (for the metrics' wait time)
+    took: float = 0.0  # how long its task ran, in seconds
     revoked: bool = False  # revoked while it runs
     given_up: bool = False  # past its time limit: decided without waiting for the run to end
     #: Stops the run when it is revoked as it runs, where it can be (see limits.py).

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 #: Seconds between two beats of a worker, and how long its record outlives the last one.
 BEAT = 2.0
 TTL = 10.0
+#: How often the app's queues are measured for the metrics, by one worker at a time.
+FIGURES_EVERY = 5.0
 
 # Names held by workers of this process: its pid in another worker's record means a namesake
 # here, not an earlier life of this container.

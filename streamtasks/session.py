@@ -31,6 +31,7 @@ from streamtasks.keys import QueueKeys
 from streamtasks.loop import LoopExecutor
 from streamtasks.outcome import Delivery, Settle, skipped
 from streamtasks.policy import DeadLetter, Revoked
+from streamtasks.registry import FIGURES_EVERY
 from streamtasks.runs import Io, not_run, reclaim, report_buried
 from streamtasks.settler import Settler
 
@@ -97,9 +98,18 @@ class Session:
             settled=self._release,
             busy=lambda: self.pool.busy or (self.loop is not None and self.loop.busy),
             abort=self._abort,
+            observe=worker.metrics.observe if worker.metrics is not None else None,
         )
         self.keeper: Keeper | None = None
         self._threads: list[threading.Thread] = []  # the settler's and the keeper's
+        #: When Redis last answered a read or a keeper's call (time.monotonic()), and how many
+        #: abandoned entries and lease renewals the run took: for health and metrics.
+        self.answered = time.monotonic()
+        self.reclaimed = 0
+        self.renewed = 0
+        #: The queues' figures for the metrics, by queue: measured by this worker while it
+        #: leads the app's workers in that (see measure_queues), else none.
+        self.queue_figures: dict[str, dict[str, float]] = {}
 
     # -- for the worker --------------------------------------------------------------------
 
@@ -239,6 +249,7 @@ class Session:
         self._rotation = queues[1:] + queues[:1]
         try:
             batches = self._read(queues, room, block_ms)
+            self.answered = time.monotonic()
             # The caller wakes threads for the last batch; earlier ones are not kept waiting
             # while a later one is looked at (its idempotency check is a round trip).
             for i, batch in enumerate(batches):
@@ -278,6 +289,50 @@ class Session:
 
     def beat(self) -> None:
         self.worker.registration.beat(self.counts())
+
+    def measure_queues(self) -> None:
+        """For the metrics: measure the queues if this worker leads the app's workers in that
+        (a lease in Redis, so that one process at a time does), else measure nothing."""
+        if self.worker.metrics is None:
+            return
+        registration = self.worker.registration
+        lease = registration.keys.figures
+        if not self.app.broker.lead(lease, registration.instance, int(FIGURES_EVERY * 2000)):
+            self.queue_figures = {}
+            return
+        now = self.app.clock()
+        figures = {}
+        for keys in self.keys.values():
+            found = self.app.broker.queue_status(keys, [])
+            oldest = found.oldest_waiting_ms
+            figures[keys.queue] = {
+                "waiting": found.waiting,
+                "in_flight": found.in_flight,
+                "delayed": found.delayed,
+                "dead": found.dead,
+                "oldest_waiting_seconds": 0.0 if oldest is None else max(0.0, now - oldest / 1000),
+            }
+        self.queue_figures = figures
+
+    def heard(self, renewed: int = 0) -> None:
+        """Redis answered a keeper's call (which renewed `renewed` leases)."""
+        self.answered = time.monotonic()
+        self.renewed += renewed
+
+    def health(self, now: float) -> str | None:
+        """None if the run is healthy at `now` (monotonic): its threads alive and Redis heard
+        from lately; else why not."""
+        if not self._threads or self.ended.is_set():
+            return "not serving"
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if self.loop is not None and not self.loop.alive:
+            dead.append("event loop")
+        if dead:
+            return f"threads stopped: {', '.join(dead)}"
+        silent = now - self.answered
+        if silent > self.worker.silence_limit:
+            return f"no answer from Redis for {silent:.1f}s"
+        return None
 
     def stop_revoked(self, io: Io) -> None:
         """Look for revocations of the tasks running here and stop those that can be: an async
@@ -364,6 +419,7 @@ class Session:
         timeouts = self.worker.timeouts_ms
         found = reclaim(self.app, keys, self.name, timeouts, cursor=cursor, own=own, limit=limit)
         if found.entries:
+            self.reclaimed += len(found.entries)
             log.warning(
                 "worker %s took over %d abandoned entries of %s",
                 self.name,

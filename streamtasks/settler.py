@@ -53,6 +53,7 @@ class Settler:
         settled: Callable[[list[Delivery]], None],
         busy: Callable[[], bool],
         abort: threading.Event,
+        observe: Callable[[Settle, int], None] | None = None,
     ):
         self.app = app
         self.worker = worker
@@ -60,6 +61,7 @@ class Settler:
         self._settled = settled
         self._busy = busy
         self._abort = abort
+        self._observe = observe
         self._records: queue.SimpleQueue[Settle] = queue.SimpleQueue()
         #: Runs applied so far, by how they ended (written by the settler's thread only).
         self.counts = dict.fromkeys(_COUNTED.values(), 0)
@@ -113,6 +115,8 @@ class Settler:
                 counted = _COUNTED.get(s.status) if code != REFUSED else None
                 if counted is not None:
                     self.counts[counted] += 1
+                if self._observe is not None:
+                    self._observe(s, code)
             self._settled([s.delivery for s in group])
 
 

@@ -21,12 +21,13 @@ from streamtasks import retrying
 from streamtasks.connection import MAX_BLOCK, masked
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError, TimeoutError
 from streamtasks.limits import Alarms
-from streamtasks.registry import TTL, Registration
+from streamtasks.registry import BEAT, TTL, Registration
 from streamtasks.runs import visibility_timeouts
 from streamtasks.session import Session
 
 if TYPE_CHECKING:
     from streamtasks.app import App
+    from streamtasks.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Worker:
         async_concurrency: int = 100,
         loop_stall: float = 0.5,
         exit_on_stuck: bool = False,
+        metrics: WorkerMetrics | None = None,
     ):
         if concurrency < 1 or async_concurrency < 1:
             raise ConfigurationError("concurrency and async_concurrency must be at least 1")
@@ -91,6 +93,9 @@ class Worker:
         self.name = name or default_name()
         self.shutdown_timeout = shutdown_timeout
         self.block = block
+        #: How long Redis may stay silent before the worker reports itself unhealthy: a read
+        #: returns every `block` when idle, the keeper beats every 2 s when busy.
+        self.silence_limit = 2 * max(block, BEAT) + 1.0
         self.reclaim_interval = reclaim_interval
         self.promote_interval = promote_interval
         self.prune_idle = prune_idle
@@ -127,6 +132,10 @@ class Worker:
             async_concurrency=self.async_concurrency,
             clock=app.clock,
         )
+        #: Where the worker's runs are counted and timed for Prometheus, if anywhere.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.worker = self
         self._session: Session | None = None
 
     def __repr__(self) -> str:
@@ -156,6 +165,18 @@ class Worker:
         session = self._session
         if session is not None:
             session.wake_all()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the worker serves its queues now."""
+        session = self._session
+        return session is not None and session.health(time.monotonic()) != "not serving"
+
+    def health(self) -> str | None:
+        """None while the worker serves and is healthy: its threads alive and Redis heard from
+        within `silence_limit` seconds; else why not."""
+        session = self._session
+        return "not serving" if session is None else session.health(time.monotonic())
 
     def stuck_thread(self) -> None:
         """A thread was given up on past a task's time limit, and exit_on_stuck is set: stop,

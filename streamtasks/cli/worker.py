@@ -17,6 +17,7 @@ from streamtasks.app import App
 from streamtasks.cli.jsonlog import JsonFormatter
 from streamtasks.cli.options import APP, URL, queue_list, use_url
 from streamtasks.errors import StreamTasksError
+from streamtasks.metrics import WorkerMetrics, serve
 from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, Signals, supervise
 from streamtasks.worker import Worker
 
@@ -64,6 +65,18 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics at /metrics and probes at /healthz and /readyz on this port "
+    "(needs streamtasks-queue[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="The address --metrics-port listens on.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -94,6 +107,8 @@ def worker(
     name: str | None,
     loglevel: str,
     log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     shutdown_timeout: float,
     startup_timeout: float | None,
 ) -> None:
@@ -108,7 +123,13 @@ def worker(
     # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.
     # And it leaves no thread behind: one stuck past a time limit, it exits to be replaced.
     supervised = os.environ.get(SUPERVISED_ENV) == "1"
+    if metrics_port is not None and processes > 1:
+        raise click.UsageError(
+            "--metrics-port serves one worker process: with -p, run one process per port "
+            "(or one per container) for now"
+        )
     try:
+        metrics = None if metrics_port is None else WorkerMetrics()
         w = use_url(app, url).Worker(
             queue_list(queues),
             concurrency,
@@ -117,6 +138,7 @@ def worker(
             startup_timeout=startup_timeout,
             async_concurrency=async_concurrency,
             exit_on_stuck=supervised,
+            metrics=metrics,
         )
         app.broker  # noqa: B018 - opening the client now turns a bad URL into a usage error
     except StreamTasksError as exc:
@@ -125,6 +147,13 @@ def worker(
         sys.exit(supervise(sys.argv, processes, name))
     log = logging.getLogger(__name__)
     signals = Signals()
+    if metrics is not None and metrics_port is not None:
+        try:
+            serve(metrics, w.health, lambda: w.ready, metrics_port, metrics_host)
+        except OSError as exc:
+            where = f"{metrics_host}:{metrics_port}"
+            raise click.UsageError(f"cannot serve metrics on {where}: {exc}") from exc
+        log.info("metrics and probes on http://%s:%d/metrics", metrics_host, metrics_port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         heard = signals.heard()

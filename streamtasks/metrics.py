@@ -1,0 +1,199 @@
+"""A worker's Prometheus metrics and health probes: `streamtasks worker --metrics-port PORT`.
+
+Needs prometheus-client (`pip install 'streamtasks-queue[metrics]'`). The port serves `/metrics`
+(Prometheus text), `/healthz` (200 while the worker's threads are alive and Redis answered
+lately, else 503 with why) and `/readyz` (200 once the worker serves its queues). Task counts and
+durations are recorded by the settler thread as it applies each run, off the threads that run
+tasks; the worker's own figures are read when scraped. Queue gauges are computed by one worker of
+the app at a time (the one that holds a short lease in Redis), so summing them over workers is
+not needed and is wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from streamtasks.errors import ConfigurationError
+from streamtasks.outcome import Settle
+from streamtasks.protocol import REFUSED
+
+if TYPE_CHECKING:
+    from streamtasks.worker import Worker
+
+#: How each settled status counts in streamtasks_tasks_total{outcome}.
+OUTCOMES = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "DEAD": "dead",
+    "REVOKED": "revoked",
+}
+_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigurationError(
+            "metrics need prometheus-client: pip install 'streamtasks-queue[metrics]'"
+        ) from None
+    return prometheus_client
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, on a registry of their own."""
+
+    def __init__(self) -> None:
+        prom = _client()
+        self.registry = prom.CollectorRegistry()
+        self._tasks = prom.Counter(
+            "streamtasks_tasks",
+            "Runs that ended, by task, queue and outcome.",
+            ["task", "queue", "outcome"],
+            registry=self.registry,
+        )
+        self._duration = prom.Histogram(
+            "streamtasks_task_duration_seconds",
+            "How long a task ran.",
+            ["task", "queue"],
+            buckets=_SECONDS,
+            registry=self.registry,
+        )
+        self._wait = prom.Histogram(
+            "streamtasks_task_wait_seconds",
+            "From when an entry entered its queue (or a delayed one came due) to its start.",
+            ["task", "queue"],
+            buckets=_SECONDS,
+            registry=self.registry,
+        )
+        self._fenced = prom.Counter(
+            "streamtasks_worker_fenced_refusals",
+            "Runs whose outcome was not applied: another worker had taken their entry over.",
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, str, str], Any] = {}
+        self._timings: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.worker: Worker | None = None
+        self.registry.register(_WorkerFigures(self))
+
+    def observe(self, s: Settle, code: int) -> None:
+        """One run the settler applied (`code` says how); called on the settler's thread."""
+        if code == REFUSED:
+            self._fenced.inc()
+            return
+        d = s.delivery
+        outcome = OUTCOMES.get(s.status)
+        if outcome is None:
+            return  # skipped: done already under its idempotency key
+        labels = (d.task_name, d.keys.queue, outcome)
+        counter = self._children.get(labels)
+        if counter is None:
+            counter = self._children[labels] = self._tasks.labels(*labels)
+        counter.inc()
+        if not d.started:
+            return  # revoked or dead-lettered before it ran: no times to record
+        timing = self._timings.get(labels[:2])
+        if timing is None:
+            timing = self._timings[labels[:2]] = (
+                self._duration.labels(*labels[:2]),
+                self._wait.labels(*labels[:2]),
+            )
+        timing[0].observe(d.took)
+        added_ms = int(d.entry_id.split("-", 1)[0])
+        timing[1].observe(max(0.0, d.started_at - added_ms / 1000))
+
+    def text(self) -> bytes:
+        return bytes(_client().generate_latest(self.registry))
+
+
+class _WorkerFigures:
+    """The worker's own figures, read at each scrape."""
+
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        worker = self.metrics.worker
+        session = worker._session if worker is not None else None
+        if session is None:
+            return
+        yield GaugeMetricFamily(
+            "streamtasks_worker_in_flight", "Runs under way here.", value=session.running
+        )
+        yield GaugeMetricFamily(
+            "streamtasks_worker_redis_silence_seconds",
+            "Seconds since Redis last answered this worker.",
+            value=time.monotonic() - session.answered,
+        )
+        yield CounterMetricFamily(
+            "streamtasks_worker_reclaimed",
+            "Abandoned entries this worker took over.",
+            value=session.reclaimed,
+        )
+        yield CounterMetricFamily(
+            "streamtasks_worker_lease_renewals",
+            "Leases of held entries renewed.",
+            value=session.renewed,
+        )
+        queues = session.queue_figures
+        for name, help_text in _QUEUE_GAUGES.items():
+            family = GaugeMetricFamily(f"streamtasks_queue_{name}", help_text, labels=["queue"])
+            for queue, figures in queues.items():
+                if figures.get(name) is not None:
+                    family.add_metric([queue], figures[name])
+            yield family
+
+
+_QUEUE_GAUGES = {
+    "waiting": "Entries no worker has read yet.",
+    "in_flight": "Entries read by a worker and not settled yet.",
+    "delayed": "Retries and delayed tasks not yet due.",
+    "dead": "Dead letters.",
+    "oldest_waiting_seconds": "How long the oldest waiting entry has waited.",
+}
+
+
+def serve(
+    metrics: WorkerMetrics,
+    health: Callable[[], str | None],
+    ready: Callable[[], bool],
+    port: int,
+    host: str = "0.0.0.0",
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on `host`:`port` from a thread of its own."""
+
+    class Probe(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, metrics.text(), "text/plain; version=0.0.4; charset=utf-8")
+            elif path == "/healthz":
+                why = health()
+                self._answer(200 if why is None else 503, (why or "ok").encode() + b"\n")
+            elif path == "/readyz":
+                ok = ready()
+                self._answer(200 if ok else 503, b"ready\n" if ok else b"not serving yet\n")
+            else:
+                self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _answer(self, code: int, body: bytes, kind: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes are not worth a log line each."""
+
+    server = ThreadingHTTPServer((host, port), Probe)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
