@@ -159,15 +159,19 @@ VARIANTS = {
     "results": "results stored",
     "keyed": "idempotency key on every task",
     "async": "async def, results ignored (INCR through redis.asyncio)",
+    "metrics": "results ignored, Prometheus metrics served (--metrics-port)",
 }
 
 
 def streamtasks(variant: str, concurrency: int, processes: int = 1) -> Contestant:
+    extra = None
+    if variant == "metrics":
+        extra = ["--metrics-port", str(procs.free_port()), "--metrics-host", "127.0.0.1"]
     return Contestant(
         name=f"streamtasks-{variant}-p{processes}",
         settings=f"-p {processes} -c {concurrency} -l warning; {VARIANTS[variant]}",
         fill=_st_fill(variant),
-        command=st_worker(concurrency, processes),
+        command=st_worker(concurrency, processes, extra),
         remaining=_st_remaining,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,13 @@ def spawn(argv: list[str], name: str, env: dict[str, str] | None = None) -> subp
     proc.log_path = log_path  # type: ignore[attr-defined]
     _live.append(proc)
     return proc
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def python(*args: str) -> list[str]:
