@@ -672,8 +672,9 @@ class Broker:
             groups = []  # no stream yet
         group = next((g for g in groups if _s(g["name"]) == GROUP), None)
         in_flight = int(group["pending"]) if group else 0
-        # Settled entries are deleted: what is in the stream is in flight or waiting.
-        waiting = int(length) - in_flight
+        # Settled entries are deleted: what is in the stream is in flight or waiting. (A pending
+        # entry trimmed from the stream counts in flight but not in the length: hence the floor.)
+        waiting = max(0, int(length) - in_flight)
         oldest = None
         if waiting > 0:
             after = _s(group["last-delivered-id"]) if group else "0-0"
@@ -702,10 +703,12 @@ class Broker:
         now_ms: int,
         ttl_ms: int,
         record: Mapping[str, str] | None = None,
+        expected: str = "",
     ) -> dict[str, str] | None:
-        """Write, refresh or delete worker `name`'s record (see register.lua for `mode`): None
-        when done, else the record of the live worker that holds the name."""
-        args: list[Any] = [mode, instance, name, now_ms, ttl_ms]
+        """Write, refresh or delete worker `name`'s record (see register.lua for `mode`; a
+        'take' takes the name only from instance `expected`): None when done, else the record
+        of the live worker that holds the name."""
+        args: list[Any] = [mode, instance, name, now_ms, ttl_ms, expected]
         for field, value in (record or {}).items():
             args += [field, value]
         reply = self._scripts["register"](keys=[workers.worker(name), workers.index], args=args)

@@ -22,7 +22,7 @@ from streamtasks.broker import Reclaimed
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
 from streamtasks.keys import QueueKeys
 from streamtasks.outcome import Delivery
-from streamtasks.registry import BEAT, FIGURES_EVERY
+from streamtasks.registry import BEAT, FIGURES_EVERY, TTL
 from streamtasks.retrying import Outage
 from streamtasks.runs import Io
 from streamtasks.schedule import PromoteSchedule
@@ -85,8 +85,9 @@ class Held(Protocol):
         """Redis answered a call (which renewed `renewed` leases)."""
         ...
 
-    def measure_queues(self) -> None:
-        """Measure the queues for the metrics, if this worker is the one that does."""
+    def measure_queues(self, io: Io) -> None:
+        """Measure the queues for the metrics, if this worker is the one that does (asking
+        Redis through `io`)."""
         ...
 
 
@@ -121,13 +122,14 @@ class Keeper:
             "lease": lambda now: self._renew_leases(),
             "revoked": lambda now: held.stop_revoked(self._keep),
             "beat": lambda now: self._keep(held.beat),
-            "figures": lambda now: self._keep(held.measure_queues),
+            "figures": lambda now: held.measure_queues(self._keep),
             "prune": lambda now: self._prune(),
         }
         self._due = {job: now + every for job, every in self._every.items()}
         self._due["promote"] = now  # what came due while no worker ran, at once
         self._due["figures"] = now
         self._backing_off: set[str] = set()  # jobs paused because Redis was unreachable
+        self._ticked = now
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -138,6 +140,11 @@ class Keeper:
 
     def tick(self, now: float) -> float:
         """Run the jobs due at `now`; the seconds until the next one is."""
+        if now - self._ticked > TTL:
+            # Paused (SIGSTOP, a frozen VM) for longer than a record lives: its name may be
+            # another worker's now. The beat says so before any other job acts on it.
+            self._due["beat"] = now + self._attempt("beat", now)
+        self._ticked = now
         if self._backing_off and not self.held.outage.down:
             # Redis answers again: what paused during the outage runs now, not after its pause.
             for job in self._backing_off:

@@ -99,7 +99,7 @@ class WorkerKeys:
 
     @cached_property
     def index(self) -> str:
-        """Sorted set of worker names, each scored by when its record was last written (ms)."""
+        """Sorted set of worker names, each scored by when its record lapses (Unix ms)."""
         return f"{self._base}:index"
 
     def worker(self, name: str) -> str:

@@ -38,6 +38,20 @@ class NameTaken(ConfigurationError):
     """Another live worker holds this worker's name."""
 
 
+def node() -> str:
+    """What tells this machine and process namespace apart from others that share its host
+    name (containers with the host's network, clones of one VM): a pid means the same process
+    only within one node. The host name, the boot id and the pid namespace, where Linux says."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            parts.append(boot.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass  # not Linux: the host name alone
+    return "/".join(parts)
+
+
 class Registration:
     """The record of worker `name` of `app`, which serves `queues`."""
 
@@ -55,36 +69,42 @@ class Registration:
         self.name = name
         self.keys = WorkerKeys(app.name)
         self.clock = clock
-        #: This process's token: a record with another one is another worker's.
-        self.instance = os.urandom(8).hex()
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+        #: This process's token, set by `claim`: a record with another one is another worker's.
+        self.instance = ""
         self._fixed = {
             "name": name,
-            "host": self.host,
-            "pid": str(self.pid),
+            "host": socket.gethostname(),
             "version": streamtasks.__version__,
             "queues": ",".join(queues),
             "concurrency": str(concurrency),
             "async_concurrency": str(async_concurrency),
         }
 
-    def claim(self, counts: Mapping[str, int], stop: threading.Event, wait: float = TTL) -> None:
-        """Take the name; NameTaken if a live worker holds it. A holder on this host whose
-        process is gone (killed, or this same pid in a restarted container) is taken over at
-        once; any other is given `wait` seconds to lapse, in case it has just died."""
-        self._fixed["started"] = str(int(self.clock() * 1000))
+    def claim(self, counts: Mapping[str, int], stop: threading.Event, wait: float = TTL) -> bool:
+        """Take the name: True once taken, False if `stop` was set first; NameTaken if a live
+        worker holds it. A holder in this same node is known alive or dead by its pid: a dead
+        one (killed, or an earlier life of this container's pid) is taken over at once, a live
+        one refuses the name at once. A holder elsewhere is given `wait` seconds to lapse, in
+        case it has just died."""
+        # Here, not when built: a process forked since has a pid and a token of its own.
+        self.instance, pid, here = os.urandom(8).hex(), os.getpid(), node()
+        self._fixed.update(pid=str(pid), node=here, started=str(int(self.clock() * 1000)))
         deadline = time.monotonic() + wait
         while True:
             holder = self._write("start", counts)
-            if holder is None or self._dead_here(holder):
-                if holder is not None:
-                    self._write("take", counts)
+            if holder is not None and holder.get("node") == here:
+                if _alive(holder, pid, (self.app.name, self.name)):
+                    raise NameTaken(_taken(self.name, holder, self.clock()))
+                # Taken over only from that very holder: two starting namesakes cannot both.
+                holder = self._write("take", counts, expected=holder.get("instance", ""))
+            if holder is None:
                 with _held_lock:
                     _held_here.add((self.app.name, self.name))
-                return
-            if time.monotonic() >= deadline or stop.wait(min(0.5, TTL / 4)):
+                return True
+            if time.monotonic() >= deadline:
                 raise NameTaken(_taken(self.name, holder, self.clock()))
+            if stop.wait(min(0.5, TTL / 4)):
+                return False
 
     def beat(self, counts: Mapping[str, int]) -> None:
         """Refresh the record; NameTaken if another worker took the name meanwhile (this one
@@ -104,7 +124,9 @@ class Registration:
             self.keys, self.name, "stop", self.instance, now_ms=self._now_ms(), ttl_ms=0
         )
 
-    def _write(self, mode: str, counts: Mapping[str, int]) -> dict[str, str] | None:
+    def _write(
+        self, mode: str, counts: Mapping[str, int], expected: str = ""
+    ) -> dict[str, str] | None:
         record = {**self._fixed, **{k: str(v) for k, v in counts.items()}}
         return self.app.broker.register(
             self.keys,
@@ -114,30 +136,31 @@ class Registration:
             now_ms=self._now_ms(),
             ttl_ms=int(TTL * 1000),
             record=record,
+            expected=expected,
         )
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _dead_here(self, holder: Mapping[str, str]) -> bool:
-        if holder.get("host") != self.host:
-            return False
-        try:
-            pid = int(holder.get("pid", ""))
-        except ValueError:
-            return False
-        if pid == self.pid:
-            # This very process id: an earlier life of this container, unless a worker of this
-            # process holds the name.
-            with _held_lock:
-                return (self.app.name, self.name) not in _held_here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, another user's
+
+def _alive(holder: Mapping[str, str], pid: int, name: tuple[str, str]) -> bool:
+    """Whether the holder, a process of this same node, still runs."""
+    try:
+        theirs = int(holder.get("pid", ""))
+    except ValueError:
+        return True  # cannot tell: not taken from it
+    if theirs == pid:
+        # This very process id: an earlier life of this container, unless a worker of this
+        # process holds the name.
+        with _held_lock:
+            return name in _held_here
+    try:
+        os.kill(theirs, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def _taken(name: str, holder: Mapping[str, str], now: float) -> str:

@@ -290,20 +290,21 @@ class Session:
     def beat(self) -> None:
         self.worker.registration.beat(self.counts())
 
-    def measure_queues(self) -> None:
+    def measure_queues(self, io: Io) -> None:
         """For the metrics: measure the queues if this worker leads the app's workers in that
         (a lease in Redis, so that one process at a time does), else measure nothing."""
         if self.worker.metrics is None:
             return
         registration = self.worker.registration
         lease = registration.keys.figures
-        if not self.app.broker.lead(lease, registration.instance, int(FIGURES_EVERY * 2000)):
+        ttl_ms = int(FIGURES_EVERY * 2000)
+        if not io(partial(self.app.broker.lead, lease, registration.instance, ttl_ms)):
             self.queue_figures = {}
             return
         now = self.app.clock()
         figures = {}
         for keys in self.keys.values():
-            found = self.app.broker.queue_status(keys, [])
+            found = io(partial(self.app.broker.queue_status, keys, []))
             oldest = found.oldest_waiting_ms
             figures[keys.queue] = {
                 "waiting": found.waiting,

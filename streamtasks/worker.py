@@ -196,7 +196,8 @@ class Worker:
                 return
             # Before anything is read: a worker refused its name must not take the entries
             # its namesake holds.
-            session.io(partial(self.registration.claim, session.counts(), self.stop_event))
+            if not session.io(partial(self.registration.claim, session.counts(), self.stop_event)):
+                return  # stopped while waiting for the name
             registered = True
             session.start()
             log.info(

@@ -46,16 +46,19 @@ def status(
     app = use_url(app, url)
     names = queue_list(queues) or app_queues(app)
     pause = threading.Event()
-    while True:
-        found = snapshot(app, names)
-        if as_json:
-            click.echo(json.dumps(found, indent=None if watch else 2))
-        else:
-            if watch:
-                click.clear()
-            click.echo(_tables(found))
-        if watch is None or pause.wait(watch):
-            return
+    try:
+        while True:
+            found = snapshot(app, names)
+            if as_json:
+                click.echo(json.dumps(found, indent=None if watch else 2))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(_tables(found))
+            if watch is None or pause.wait(watch):
+                return
+    except KeyboardInterrupt:  # how --watch is ended
+        return
 
 
 def snapshot(app: App, queues: list[str]) -> dict[str, Any]:
@@ -86,7 +89,7 @@ def snapshot(app: App, queues: list[str]) -> dict[str, Any]:
         )
     workers = []
     for record in app.broker.workers(WorkerKeys(app.name)):
-        row: dict[str, Any] = {k: int(record[k]) for k in _COUNTS if record.get(k, "").isdigit()}
+        row = {k: _int(record.get(k)) for k in _COUNTS}
         workers.append(
             {
                 "name": record.get("name"),
@@ -113,20 +116,27 @@ def _since(now: float, ms: str | None) -> float | None:
 
 
 def _tables(found: dict[str, Any]) -> str:
-    lines = [_row("queue", _QUEUE_COLUMNS, header=True)]
-    lines += [_row(q["name"], [q[c] for c in _QUEUE_COLUMNS]) for q in found["queues"]]
+    queues = [[q["name"], *(_cell(q[c]) for c in _QUEUE_COLUMNS)] for q in found["queues"]]
+    lines = _table(["queue", *_QUEUE_COLUMNS], queues)
     lines.append("")
     if found["workers"]:
-        lines.append(_row("worker", _WORKER_COLUMNS, header=True))
-        lines += [_row(w["name"], [w.get(c) for c in _WORKER_COLUMNS]) for w in found["workers"]]
+        workers = [[w["name"], *(_cell(w[c]) for c in _WORKER_COLUMNS)] for w in found["workers"]]
+        lines += _table(["worker", *_WORKER_COLUMNS], workers)
     else:
         lines.append("no live worker")
     return "\n".join(lines)
 
 
-def _row(first: str, cells: Any, header: bool = False) -> str:
-    shown = [str(c) if header else _cell(c) for c in cells]
-    return f"{first:<28}" + "".join(f"{c:>{max(10, len(c) + 2)}}" for c in shown)
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell: the first left-aligned, the others right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first, *rest = cells
+        right = [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+        return "  ".join([first.ljust(widths[0]), *right])
+
+    return [line(header)] + [line(row) for row in rows]
 
 
 def _cell(value: Any) -> str:

@@ -18,7 +18,8 @@ from streamtasks.cli.jsonlog import JsonFormatter
 from streamtasks.cli.options import APP, URL, queue_list, use_url
 from streamtasks.errors import StreamTasksError
 from streamtasks.metrics import WorkerMetrics, serve
-from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, Signals, supervise
+from streamtasks.registry import NameTaken
+from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, USAGE_ERROR, Signals, supervise
 from streamtasks.worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -180,7 +181,13 @@ def worker(
     # (p99 over 3 runs: 1.49-3.36 ms without, 1.61-1.82 ms with; benchmarks/, latency section).
     gc.collect()
     gc.freeze()
-    _run_awake_to_signals(w)
+    try:
+        _run_awake_to_signals(w)
+    except NameTaken as exc:
+        # Starting again would not help while the namesake lives: exit as a usage error does,
+        # which a -p supervisor does not restart.
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
     if w.stuck:
         sys.exit(REPLACE_ME)
 

@@ -518,8 +518,8 @@ def test_a_second_worker_under_a_live_workers_name_is_refused(scene: Scene) -> N
 
     second = scene.worker("-n", "cashier-1", ready=0)
 
-    assert second.wait(timeout=30) == 1
-    second.wait_for(r"error: worker name 'cashier-1' is held by a live worker \(pid \d+")
+    assert second.wait(timeout=30) == 2
+    second.wait_for(rf"error: worker name 'cashier-1' is held by a live worker \(pid {first.pid}")
     assert second.lines("serving") == []
     assert scene.task("square").delay(3).get(timeout=10) == 9
     assert first.proc.poll() is None

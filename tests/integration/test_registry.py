@@ -4,6 +4,7 @@ reads of the queues and workers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ import pytest
 from streamtasks import App
 from streamtasks.cli.status import snapshot
 from streamtasks.keys import WorkerKeys
-from streamtasks.registry import TTL, NameTaken, Registration
+from streamtasks.registry import TTL, NameTaken, Registration, node
 from streamtasks.testing import ManualClock
 
 
@@ -44,22 +45,47 @@ def test_a_name_a_live_worker_holds_is_refused_with_who_holds_it(redis_app: App)
         registration(redis_app).claim({}, threading.Event(), wait=0)
 
 
-def test_a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once(
-    redis_app: App,
-) -> None:
-    gone = subprocess.run(
+def gone_pid() -> str:
+    """The pid of a process that has exited."""
+    done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
         capture_output=True,
         text=True,
     )
-    mine = registration(redis_app)
-    hold(redis_app, "cashier-1", host=mine.host, pid=gone.stdout.strip())
+    return done.stdout.strip()
 
-    mine.claim({"done": 0}, threading.Event(), wait=0)
+
+def test_a_holder_here_whose_process_is_gone_is_taken_over_at_once_by_one_namesake(
+    redis_app: App,
+) -> None:
+    hold(redis_app, "cashier-1", node=node(), pid=gone_pid())
+    mine, twin = registration(redis_app), registration(redis_app)
+
+    assert mine.claim({"done": 0}, threading.Event(), wait=60)
+    with pytest.raises(NameTaken):  # it saw the same dead holder, but mine took the name first
+        twin.claim({}, threading.Event(), wait=60)
 
     [record] = redis_app.broker.workers(WorkerKeys(redis_app.name))
-    assert (record["pid"], record["instance"]) == (str(mine.pid), mine.instance)
+    assert (record["pid"], record["instance"]) == (str(os.getpid()), mine.instance)
+    mine.release()
+
+
+@pytest.mark.timeout(10)
+def test_a_live_holder_here_refuses_the_name_at_once(redis_app: App) -> None:
+    hold(redis_app, "cashier-1", node=node(), pid=str(os.getppid()), host="here")
+
+    with pytest.raises(NameTaken, match=rf"pid {os.getppid()} on here"):
+        registration(redis_app).claim({}, threading.Event(), wait=60)
+
+
+@pytest.mark.timeout(10)
+def test_a_worker_stopped_while_it_waits_for_a_name_gives_up_quietly(redis_app: App) -> None:
+    hold(redis_app, "cashier-1", node="elsewhere", host="till-7", pid="4242")
+    stopped = threading.Event()
+    stopped.set()
+
+    assert registration(redis_app).claim({}, stopped, wait=60) is False
 
 
 def test_a_record_lives_as_long_as_its_beat_and_goes_when_its_worker_stops(

@@ -59,6 +59,15 @@ class Held:
     def stop_revoked(self, io: Io) -> None:
         self.asked.append("revoked")
 
+    def beat(self) -> None:
+        self.asked.append("beat")
+
+    def heard(self, renewed: int = 0) -> None:
+        pass
+
+    def measure_queues(self, io: Io) -> None:
+        pass
+
 
 def test_each_tick_runs_the_jobs_due_then_and_says_when_the_next_one_is(
     make_memory_app: Any,
@@ -71,7 +80,7 @@ def test_each_tick_runs_the_jobs_due_then_and_says_when_the_next_one_is(
     keeper.tick(101.0)
     assert held.asked == ["reclaim", "revoked"]
     keeper.tick(110.0)
-    assert held.asked == ["reclaim", "revoked", "reclaim", "lease", "revoked"]
+    assert held.asked == ["reclaim", "revoked", "reclaim", "lease", "revoked", "beat"]
 
 
 def test_a_delayed_message_is_promoted_at_the_first_tick_after_it_is_due(
@@ -107,3 +116,14 @@ def test_a_job_paused_by_an_outage_runs_at_the_first_tick_after_redis_answers(
     held.outage.recovered()
     keeper.tick(2.1)
     assert held.asked.count("reclaim") == 2
+
+
+def test_after_a_pause_longer_than_a_records_life_the_beat_comes_first(
+    make_memory_app: Any,
+) -> None:
+    held = Held(make_memory_app())
+    keeper = Keeper(held, now=0.0)
+    keeper.tick(0.0)
+
+    keeper.tick(30.0)  # SIGSTOPped for 30 s: its name may be another worker's now
+    assert held.asked[0] == "beat"
