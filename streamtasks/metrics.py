@@ -11,6 +11,7 @@ not needed and is wrong.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,82 +46,109 @@ def _client() -> Any:
     return prometheus_client
 
 
-class WorkerMetrics:
-    """The metrics of one worker process, on a registry of their own."""
+class _Histogram:
+    """Observations of one label set, in the buckets of `_SECONDS`: a bisect and two additions
+    an observation, where prometheus-client's own takes a lock and a loop (the settler records
+    tens of thousands a second)."""
+
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
-        prom = _client()
-        self.registry = prom.CollectorRegistry()
-        self._tasks = prom.Counter(
-            "streamtasks_tasks",
-            "Runs that ended, by task, queue and outcome.",
-            ["task", "queue", "outcome"],
-            registry=self.registry,
-        )
-        self._duration = prom.Histogram(
-            "streamtasks_task_duration_seconds",
-            "How long a task ran.",
-            ["task", "queue"],
-            buckets=_SECONDS,
-            registry=self.registry,
-        )
-        self._wait = prom.Histogram(
-            "streamtasks_task_wait_seconds",
-            "From when an entry entered its queue (or a delayed one came due) to its start.",
-            ["task", "queue"],
-            buckets=_SECONDS,
-            registry=self.registry,
-        )
-        self._fenced = prom.Counter(
-            "streamtasks_worker_fenced_refusals",
-            "Runs whose outcome was not applied: another worker had taken their entry over.",
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, str, str], Any] = {}
-        self._timings: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.counts = [0] * (len(_SECONDS) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(_SECONDS, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative, +Inf last: read from one copy, so the count matches the buckets."""
+        counts, total, out = list(self.counts), 0, []
+        for bound, count in zip([*map(str, _SECONDS), "+Inf"], counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, on a registry of their own. What `observe` records is
+    kept in plain counts (one thread writes them) and turned into metrics when scraped."""
+
+    def __init__(self) -> None:
+        self.registry = _client().CollectorRegistry()
+        self._runs: dict[tuple[str, str, str], int] = {}
+        self._durations: dict[tuple[str, str], _Histogram] = {}
+        self._waits: dict[tuple[str, str], _Histogram] = {}
+        self._fenced = 0
         self.worker: Worker | None = None
-        self.registry.register(_WorkerFigures(self))
+        self.registry.register(_Figures(self))
 
     def observe(self, s: Settle, code: int) -> None:
         """One run the settler applied (`code` says how); called on the settler's thread."""
         if code == REFUSED:
-            self._fenced.inc()
+            self._fenced += 1
             return
         d = s.delivery
         outcome = OUTCOMES.get(s.status)
         if outcome is None:
             return  # skipped: done already under its idempotency key
-        labels = (d.task_name, d.keys.queue, outcome)
-        counter = self._children.get(labels)
-        if counter is None:
-            counter = self._children[labels] = self._tasks.labels(*labels)
-        counter.inc()
+        task = (d.task_name, d.keys.queue)
+        runs = (*task, outcome)
+        self._runs[runs] = self._runs.get(runs, 0) + 1
         if not d.started:
             return  # revoked or dead-lettered before it ran: no times to record
-        timing = self._timings.get(labels[:2])
-        if timing is None:
-            timing = self._timings[labels[:2]] = (
-                self._duration.labels(*labels[:2]),
-                self._wait.labels(*labels[:2]),
-            )
-        timing[0].observe(d.took)
+        took = self._durations.get(task)
+        if took is None:
+            took = self._durations[task] = _Histogram()
+            self._waits[task] = _Histogram()
+        took.observe(d.took)
         added_ms = int(d.entry_id.split("-", 1)[0])
-        timing[1].observe(max(0.0, d.started_at - added_ms / 1000))
+        self._waits[task].observe(max(0.0, d.started_at - added_ms / 1000))
 
     def text(self) -> bytes:
         return bytes(_client().generate_latest(self.registry))
 
 
-class _WorkerFigures:
-    """The worker's own figures, read at each scrape."""
+class _Figures:
+    """Everything the worker measured, turned into metric families at each scrape."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
-        worker = self.metrics.worker
+        m = self.metrics
+        runs = CounterMetricFamily(
+            "streamtasks_tasks",
+            "Runs that ended, by task, queue and outcome.",
+            labels=["task", "queue", "outcome"],
+        )
+        for run, count in list(m._runs.items()):
+            runs.add_metric(list(run), count)
+        yield runs
+        for metric, about, histograms in (
+            ("streamtasks_task_duration_seconds", "How long a task ran.", m._durations),
+            (
+                "streamtasks_task_wait_seconds",
+                "From when an entry entered its queue (or a delayed one came due) to its start.",
+                m._waits,
+            ),
+        ):
+            timings = HistogramMetricFamily(metric, about, labels=["task", "queue"])
+            for task, histogram in list(histograms.items()):
+                timings.add_metric(list(task), histogram.buckets(), histogram.sum)
+            yield timings
+        yield CounterMetricFamily(
+            "streamtasks_worker_fenced_refusals",
+            "Runs whose outcome was not applied: another worker had taken their entry over.",
+            value=m._fenced,
+        )
+        worker = m.worker
         session = worker._session if worker is not None else None
         if session is None:
             return
@@ -146,8 +174,7 @@ class _WorkerFigures:
         for name, help_text in _QUEUE_GAUGES.items():
             family = GaugeMetricFamily(f"streamtasks_queue_{name}", help_text, labels=["queue"])
             for queue, figures in queues.items():
-                if figures.get(name) is not None:
-                    family.add_metric([queue], figures[name])
+                family.add_metric([queue], figures[name])
             yield family
 
 
