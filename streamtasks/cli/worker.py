@@ -55,8 +55,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 @click.option(
     "-n",
     "--name",
-    help="Consumer name, unique among live workers (default host-pid-random). Keep it stable "
-    "across restarts and a worker first re-runs what it held when it last stopped.",
+    help="Consumer name (default host-pid-random); one a live worker holds is refused. Keep it "
+    "stable across restarts and a worker first re-runs what it held when it last stopped.",
 )
 @click.option(
     "-l",
