@@ -70,15 +70,24 @@ class _Histogram:
         return out
 
 
+class _TaskFigures:
+    """What one task of one queue did: runs by outcome, and their durations and waits."""
+
+    __slots__ = ("runs", "took", "waited")
+
+    def __init__(self) -> None:
+        self.runs = dict.fromkeys(OUTCOMES.values(), 0)
+        self.took = _Histogram()
+        self.waited = _Histogram()
+
+
 class WorkerMetrics:
     """The metrics of one worker process, on a registry of their own. What `observe` records is
     kept in plain counts (one thread writes them) and turned into metrics when scraped."""
 
     def __init__(self) -> None:
         self.registry = _client().CollectorRegistry()
-        self._runs: dict[tuple[str, str, str], int] = {}
-        self._durations: dict[tuple[str, str], _Histogram] = {}
-        self._waits: dict[tuple[str, str], _Histogram] = {}
+        self._tasks: dict[tuple[str, str], _TaskFigures] = {}
         self._fenced = 0
         self.worker: Worker | None = None
         self.registry.register(_Figures(self))
@@ -93,17 +102,14 @@ class WorkerMetrics:
         if outcome is None:
             return  # skipped: done already under its idempotency key
         task = (d.task_name, d.keys.queue)
-        runs = (*task, outcome)
-        self._runs[runs] = self._runs.get(runs, 0) + 1
-        if not d.started:
-            return  # revoked or dead-lettered before it ran: no times to record
-        took = self._durations.get(task)
-        if took is None:
-            took = self._durations[task] = _Histogram()
-            self._waits[task] = _Histogram()
-        took.observe(d.took)
-        added_ms = int(d.entry_id.split("-", 1)[0])
-        self._waits[task].observe(max(0.0, d.started_at - added_ms / 1000))
+        figures = self._tasks.get(task)
+        if figures is None:
+            figures = self._tasks[task] = _TaskFigures()
+        figures.runs[outcome] += 1
+        if d.started:  # else revoked or dead-lettered before it ran: no times to record
+            figures.took.observe(d.took)
+            added_ms = int(d.entry_id.partition("-")[0])
+            figures.waited.observe(max(0.0, d.started_at - added_ms / 1000))
 
     def text(self) -> bytes:
         return bytes(_client().generate_latest(self.registry))
@@ -128,21 +134,24 @@ class _Figures:
             "Runs that ended, by task, queue and outcome.",
             labels=["task", "queue", "outcome"],
         )
-        for run, count in list(m._runs.items()):
-            runs.add_metric(list(run), count)
+        took = HistogramMetricFamily(
+            "streamtasks_task_duration_seconds", "How long a task ran.", labels=["task", "queue"]
+        )
+        waited = HistogramMetricFamily(
+            "streamtasks_task_wait_seconds",
+            "From when an entry entered its queue (or a delayed one came due) to its start.",
+            labels=["task", "queue"],
+        )
+        for task, figures in list(m._tasks.items()):
+            for outcome, count in list(figures.runs.items()):
+                if count:
+                    runs.add_metric([*task, outcome], count)
+            if any(figures.took.counts):
+                took.add_metric(list(task), figures.took.buckets(), figures.took.sum)
+                waited.add_metric(list(task), figures.waited.buckets(), figures.waited.sum)
         yield runs
-        for metric, about, histograms in (
-            ("streamtasks_task_duration_seconds", "How long a task ran.", m._durations),
-            (
-                "streamtasks_task_wait_seconds",
-                "From when an entry entered its queue (or a delayed one came due) to its start.",
-                m._waits,
-            ),
-        ):
-            timings = HistogramMetricFamily(metric, about, labels=["task", "queue"])
-            for task, histogram in list(histograms.items()):
-                timings.add_metric(list(task), histogram.buckets(), histogram.sum)
-            yield timings
+        yield took
+        yield waited
         yield CounterMetricFamily(
             "streamtasks_worker_fenced_refusals",
             "Runs whose outcome was not applied: another worker had taken their entry over.",
@@ -173,8 +182,8 @@ class _Figures:
         queues = session.queue_figures
         for name, help_text in _QUEUE_GAUGES.items():
             family = GaugeMetricFamily(f"streamtasks_queue_{name}", help_text, labels=["queue"])
-            for queue, figures in queues.items():
-                family.add_metric([queue], figures[name])
+            for queue, measured in queues.items():
+                family.add_metric([queue], measured[name])
             yield family
 
 
