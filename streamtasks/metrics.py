@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -157,29 +156,28 @@ class _Figures:
             "Runs whose outcome was not applied: another worker had taken their entry over.",
             value=m._fenced,
         )
-        worker = m.worker
-        session = worker._session if worker is not None else None
-        if session is None:
-            return
+        found = m.worker.figures() if m.worker is not None else None
+        if found is None:
+            return  # not serving
         yield GaugeMetricFamily(
-            "streamtasks_worker_in_flight", "Runs under way here.", value=session.running
+            "streamtasks_worker_in_flight", "Runs under way here.", value=found.in_flight
         )
         yield GaugeMetricFamily(
             "streamtasks_worker_redis_silence_seconds",
             "Seconds since Redis last answered this worker.",
-            value=time.monotonic() - session.answered,
+            value=found.silence,
         )
         yield CounterMetricFamily(
             "streamtasks_worker_reclaimed",
             "Abandoned entries this worker took over.",
-            value=session.reclaimed,
+            value=found.reclaimed,
         )
         yield CounterMetricFamily(
             "streamtasks_worker_lease_renewals",
             "Leases of held entries renewed.",
-            value=session.renewed,
+            value=found.renewed,
         )
-        queues = session.queue_figures
+        queues = found.queues
         for name, help_text in _QUEUE_GAUGES.items():
             family = GaugeMetricFamily(f"streamtasks_queue_{name}", help_text, labels=["queue"])
             for queue, measured in queues.items():

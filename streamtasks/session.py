@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from streamtasks import retrying
 from streamtasks.broker import Batch, Entry, Reclaimed
@@ -48,6 +48,18 @@ _SOON = 0.05
 _MAX_PREFETCH = 1000
 # Finished runs waiting for the settler, most: past it, reads wait for the settler.
 _SETTLING_MOST = 500
+
+
+class Figures(NamedTuple):
+    """A worker run's own figures for its metrics: runs in flight, seconds since Redis last
+    answered, entries taken over and leases renewed so far, and the queues' figures by queue
+    (only while this worker measures them for the app)."""
+
+    in_flight: int
+    silence: float
+    reclaimed: int
+    renewed: int
+    queues: dict[str, dict[str, float]]
 
 
 class Session:
@@ -314,6 +326,12 @@ class Session:
                 "oldest_waiting_seconds": 0.0 if oldest is None else max(0.0, now - oldest / 1000),
             }
         self.queue_figures = figures
+
+    def figures(self, now: float) -> Figures:
+        """What the run measured of itself, at `now` (monotonic)."""
+        return Figures(
+            self.running, now - self.answered, self.reclaimed, self.renewed, self.queue_figures
+        )
 
     def heard(self, renewed: int = 0) -> None:
         """Redis answered a keeper's call (which renewed `renewed` leases)."""

@@ -23,7 +23,7 @@ from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTask
 from streamtasks.limits import Alarms
 from streamtasks.registry import BEAT, TTL, Registration
 from streamtasks.runs import visibility_timeouts
-from streamtasks.session import Session
+from streamtasks.session import Figures, Session
 
 if TYPE_CHECKING:
     from streamtasks.app import App
@@ -165,6 +165,11 @@ class Worker:
         session = self._session
         if session is not None:
             session.wake_all()
+
+    def figures(self) -> Figures | None:
+        """The current run's own figures (see session.Figures); None while not serving."""
+        session = self._session
+        return None if session is None else session.figures(time.monotonic())
 
     @property
     def ready(self) -> bool:

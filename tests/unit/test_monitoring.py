@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ from streamtasks.keys import QueueKeys
 from streamtasks.metrics import WorkerMetrics
 from streamtasks.outcome import Delivery, Settle
 from streamtasks.protocol import SETTLED, Action, SettleRecord
+from streamtasks.session import Figures
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 _NAME = re.compile(r"\bstreamtasks_[a-z_]+")
@@ -29,14 +29,8 @@ def exported() -> set[str]:
     figures = dict.fromkeys(
         ["waiting", "in_flight", "delayed", "dead", "oldest_waiting_seconds"], 0.0
     )
-    session = SimpleNamespace(
-        running=0,
-        answered=time.monotonic(),
-        reclaimed=0,
-        renewed=0,
-        queue_figures={"orders": figures},
-    )
-    metrics.worker = SimpleNamespace(_session=session)  # type: ignore[assignment]
+    serving = Figures(0, 0.0, 0, 0, {"orders": figures})
+    metrics.worker = SimpleNamespace(figures=lambda: serving)  # type: ignore[assignment]
     return {s.name for family in metrics.registry.collect() for s in family.samples}
 
 
