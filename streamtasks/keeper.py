@@ -1,6 +1,7 @@
 """The keeper: the thread of one worker run that promotes delayed messages when they come due,
-reclaims abandoned entries, renews the leases of held ones, stops tasks revoked as they run and
-prunes idle consumers.
+reclaims abandoned entries, renews the leases of held ones, stops tasks revoked as they run,
+beats the worker's record in the registry, measures the queues for the metrics (when this worker
+does) and prunes idle consumers.
 
 Its jobs run on timers except promotion, which runs when `schedule.py` says a queue's messages
 are due. `tick(now)` runs the jobs due at `now`. Between ticks the keeper waits on the queues'

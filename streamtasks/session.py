@@ -6,7 +6,7 @@ Parts of a run, each a thread or two:
   entries, and an event loop for `async def` tasks (loop.py);
 - the settler (settler.py) applies finished runs, many per round trip;
 - the keeper (keeper.py) promotes due messages, reclaims abandoned entries, renews leases, stops
-  tasks revoked as they run and prunes idle consumers.
+  tasks revoked as they run, beats the worker's record and prunes idle consumers.
 
 Everything a run holds is its own, so a thread that outlives its run (a task stuck past the
 shutdown timeout, a read on a silent connection) touches nothing of the next one.
