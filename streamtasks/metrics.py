@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bisect
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -195,19 +197,20 @@ _QUEUE_GAUGES = {
 
 
 def serve(
-    metrics: WorkerMetrics,
+    text: Callable[[], bytes],
     health: Callable[[], str | None],
     ready: Callable[[], bool],
     port: int,
     host: str = "0.0.0.0",
 ) -> ThreadingHTTPServer:
-    """Serve /metrics, /healthz and /readyz on `host`:`port` from a thread of its own."""
+    """Serve /metrics (what `text` gives), /healthz and /readyz on `host`:`port` from a thread
+    of its own."""
 
     class Probe(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, metrics.text(), "text/plain; version=0.0.4; charset=utf-8")
+                self._answer(200, text(), "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/healthz":
                 why = health()
                 self._answer(200 if why is None else 503, (why or "ok").encode() + b"\n")
@@ -231,3 +234,68 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
+
+
+# -- under `streamtasks worker -p`: one endpoint for all the children -----------------------
+
+#: Gauges whose children's values add up; the others (silence, the queue figures only one
+#: worker measures) are the largest child's.
+_SUMMED_GAUGES = frozenset({"streamtasks_worker_in_flight"})
+
+
+def _probe(port: int, path: str) -> tuple[int, bytes]:
+    """GET a child's probe on loopback: its status and body, or 0 when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as failed:
+        return failed.code, failed.read()
+    except OSError:
+        return 0, b""
+
+
+def gather(ports: list[int]) -> bytes:
+    """The children's /metrics as one: counters and histograms added up, in-flight runs too, and
+    of the other gauges the largest."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]]
+    families = {}
+    for port in ports:
+        status, body = _probe(port, "/metrics")
+        if status != 200:
+            continue
+        for family in text_string_to_metric_families(body.decode()):
+            found = families.setdefault(family.name, (family.type, family.documentation, {}))
+            summed = family.type != "gauge" or family.name in _SUMMED_GAUGES
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                had = found[2].get(key)
+                if had is None:
+                    found[2][key] = sample.value
+                else:
+                    found[2][key] = had + sample.value if summed else max(had, sample.value)
+    lines = []
+    for name, (kind, documentation, samples) in families.items():
+        lines.append(f"# HELP {name} {_escaped(documentation, help_text=True)}")
+        lines.append(f"# TYPE {name} {kind}")
+        for (series, labels), value in samples.items():
+            shown = ",".join(f'{k}="{_escaped(v)}"' for k, v in labels)
+            lines.append(f"{series}{{{shown}}} {value!r}" if shown else f"{series} {value!r}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _escaped(text: str, help_text: bool = False) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text if help_text else text.replace('"', '\\"')
+
+
+def children_health(ports: dict[str, int | None], path: str) -> str | None:
+    """None if every child answers `path` (/healthz or /readyz) with 200; else who does not."""
+    failing = []
+    for child, port in ports.items():
+        status, body = (0, b"") if port is None else _probe(port, path)
+        if status != 200:
+            why = body.decode(errors="replace").strip() or "not answering"
+            failing.append(f"{child}: {why}")
+    return "; ".join(failing) or None

@@ -5,19 +5,24 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
 #: Set in the environment of the children, which then leave SIGINT to the supervisor.
 SUPERVISED_ENV = "STREAMTASKS_SUPERVISED"
+#: Where a child writes the loopback port it serves its metrics and probes on.
+PORT_FILE_ENV = "STREAMTASKS_METRICS_PORT_FILE"
 #: click's exit status for a usage error.
 USAGE_ERROR = 2
 #: A child's exit status when it gave up on a thread stuck past a task's time limit, and wants
@@ -48,24 +53,27 @@ class Signals:
         return self.REPEAT if now - self._first < self.window else self.AGAIN
 
 
-def _child_argv(argv: list[str], name: str) -> list[str]:
-    """The parent's worker arguments with -p/--processes and -n/--name replaced."""
+def _child_argv(argv: list[str], name: str, probes: bool = False) -> list[str]:
+    """The parent's worker arguments with -p/--processes and -n/--name replaced, and with
+    `probes`, the metrics port moved to one of the child's own on loopback."""
     args = argv[1:]
     kept: list[str] = []
     skip = False
+    replaced = ("-p", "--processes", "-n", "--name", "--metrics-port", "--metrics-host")
     for i, arg in enumerate(args):
         if skip:
             skip = False
             continue
-        if arg in ("-p", "--processes", "-n", "--name"):
+        if arg in replaced:
             skip = i + 1 < len(args)
             continue
-        if arg.startswith(("--processes=", "--name=")) or (
+        if arg.startswith(tuple(f"{option}=" for option in replaced if option[1] == "-")) or (
             arg.startswith(("-p", "-n")) and len(arg) > 2 and not arg.startswith("--")
         ):
             continue
         kept.append(arg)
-    return [sys.executable, "-m", "streamtasks", *kept, "-p", "1", "-n", name]
+    own = ["--metrics-port", "0", "--metrics-host", "127.0.0.1"] if probes else []
+    return [sys.executable, "-m", "streamtasks", *kept, *own, "-p", "1", "-n", name]
 
 
 def _die_with_parent() -> None:
@@ -76,8 +84,12 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def supervise(argv: list[str], processes: int, name: str | None) -> int:
-    """Run `processes` children until SIGTERM/SIGINT, forward it, and return 0 when all exit."""
+def supervise(
+    argv: list[str], processes: int, name: str | None, probes: tuple[str, int] | None = None
+) -> int:
+    """Run `processes` children until SIGTERM/SIGINT, forward it, and return 0 when all exit.
+    With `probes` (host, port), serve there the children's metrics added up, and probes that
+    pass when every child's do."""
     base = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     # Children keep the same name when restarted, so each first re-runs what its predecessor held.
     names = [f"{base}-{i}" for i in range(1, processes + 1)]
@@ -88,12 +100,41 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
     signals = Signals()
     exit_code = 0
 
+    ports = Path(tempfile.mkdtemp(prefix="streamtasks-probes-"))
+
     def start(child: str) -> None:
-        env = {**os.environ, SUPERVISED_ENV: "1"}
+        env = {**os.environ, SUPERVISED_ENV: "1", PORT_FILE_ENV: str(ports / child)}
+        (ports / child).unlink(missing_ok=True)  # a new child writes its own
         children[child] = subprocess.Popen(
-            _child_argv(argv, child), env=env, preexec_fn=_die_with_parent
+            _child_argv(argv, child, probes is not None), env=env, preexec_fn=_die_with_parent
         )
         started[child] = time.monotonic()
+
+    def child_ports() -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        for child in names:
+            try:
+                found[child] = int((ports / child).read_text())
+            except (OSError, ValueError):
+                found[child] = None  # starting, or never got that far
+        return found
+
+    if probes is not None:
+        from streamtasks.metrics import children_health, gather, serve
+
+        host, port = probes
+        try:
+            serve(
+                lambda: gather([p for p in child_ports().values() if p is not None]),
+                lambda: children_health(child_ports(), "/healthz"),
+                lambda: children_health(child_ports(), "/readyz") is None,
+                port,
+                host,
+            )
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", host, port, exc)
+            return USAGE_ERROR
+        log.info("metrics and probes of %d workers on http://%s:%d/metrics", processes, host, port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Children take orders from here only: the first signal asks them to finish what runs,
@@ -157,4 +198,5 @@ def supervise(argv: list[str], processes: int, name: str | None) -> int:
         stopping.wait(0.2)  # os.wait() would race the signal handler; a short tick is simpler
     for proc in children.values():
         proc.wait()
+    shutil.rmtree(ports, ignore_errors=True)
     return exit_code

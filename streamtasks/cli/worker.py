@@ -9,6 +9,7 @@ import select
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -19,7 +20,14 @@ from streamtasks.cli.options import APP, URL, queue_list, use_url
 from streamtasks.errors import StreamTasksError
 from streamtasks.metrics import WorkerMetrics, serve
 from streamtasks.registry import NameTaken
-from streamtasks.supervisor import REPLACE_ME, SUPERVISED_ENV, USAGE_ERROR, Signals, supervise
+from streamtasks.supervisor import (
+    PORT_FILE_ENV,
+    REPLACE_ME,
+    SUPERVISED_ENV,
+    USAGE_ERROR,
+    Signals,
+    supervise,
+)
 from streamtasks.worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -124,11 +132,6 @@ def worker(
     # never treats a repeat as "exit now": the supervisor escalates with SIGKILL instead.
     # And it leaves no thread behind: one stuck past a time limit, it exits to be replaced.
     supervised = os.environ.get(SUPERVISED_ENV) == "1"
-    if metrics_port is not None and processes > 1:
-        raise click.UsageError(
-            "--metrics-port serves one worker process: with -p, run one process per port "
-            "(or one per container) for now"
-        )
     try:
         metrics = None if metrics_port is None else WorkerMetrics()
         w = use_url(app, url).Worker(
@@ -145,16 +148,22 @@ def worker(
     except StreamTasksError as exc:
         raise click.UsageError(str(exc)) from exc
     if processes > 1:
-        sys.exit(supervise(sys.argv, processes, name))
+        probes = None if metrics_port is None else (metrics_host, metrics_port)
+        sys.exit(supervise(sys.argv, processes, name, probes))
     log = logging.getLogger(__name__)
     signals = Signals()
     if metrics is not None and metrics_port is not None:
         try:
-            serve(metrics, w.health, lambda: w.ready, metrics_port, metrics_host)
+            server = serve(metrics.text, w.health, lambda: w.ready, metrics_port, metrics_host)
         except OSError as exc:
             where = f"{metrics_host}:{metrics_port}"
             raise click.UsageError(f"cannot serve metrics on {where}: {exc}") from exc
-        log.info("metrics and probes on http://%s:%d/metrics", metrics_host, metrics_port)
+        bound = server.server_address[1]
+        log.info("metrics and probes on http://%s:%d/metrics", metrics_host, bound)
+        port_file = os.environ.get(PORT_FILE_ENV)
+        if port_file:  # a child of -p: its supervisor gathers what this port serves
+            Path(port_file + ".new").write_text(str(bound))
+            os.replace(port_file + ".new", port_file)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         heard = signals.heard()

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,9 +103,22 @@ def test_healthz_fails_while_redis_is_frozen_and_recovers_when_it_thaws(
     until(lambda: get(port, "/healthz")[0] == 200, 10, "a healthy worker again")
 
 
-def test_metrics_for_several_processes_are_refused_clearly(
+def test_one_endpoint_adds_up_the_worker_processes_and_fails_while_one_is_down(
     scene: Scene,
 ) -> None:
-    done = scene.cli("worker", "-A", "tests.e2e.tasks:app", "-p", "2", "--metrics-port", "9")
-    assert done.returncode == 2
-    assert "--metrics-port serves one worker process" in done.stderr
+    port = free_port()
+    supervisor = scene.worker(
+        "-p", "2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1", ready=2
+    )
+    until(lambda: get(port, "/readyz")[0] == 200, 10, "both workers ready")
+
+    results = scene.task("square").map(range(40))
+    assert [r.get(timeout=10) for r in results] == [x * x for x in range(40)]
+    until(lambda: runs(scrape(port), "square", "succeeded") == 40, 10, "40 runs added up")
+    assert get(port, "/healthz") == (200, "ok\n")
+
+    child = psutil.Process(supervisor.pid).children()[0]
+    child.kill()
+    until(lambda: get(port, "/healthz")[0] == 503, 10, "the endpoint failing with one worker down")
+    supervisor.wait_for("restarting", timeout=10)
+    until(lambda: get(port, "/healthz")[0] == 200, 20, "the endpoint healthy once it restarted")
