@@ -80,6 +80,11 @@ class QueueKeys:
     def idempotency(self, key: str) -> str:
         return self.idempotency_prefix + key
 
+    @cached_property
+    def figures(self) -> str:
+        """Who measures the queue for the metrics now: a short lease one worker holds."""
+        return f"{self._base}:figures"
+
     def done(self, minute: int) -> str:
         """How many runs of the queue ended in minute `minute` (Unix time // 60), kept 10 min."""
         return f"{self._base}:done:{minute}"
@@ -104,8 +109,3 @@ class WorkerKeys:
 
     def worker(self, name: str) -> str:
         return f"{self._base}:w:{name}"
-
-    @cached_property
-    def figures(self) -> str:
-        """Who measures the app's queues for the metrics now: a short lease one worker holds."""
-        return f"{self._base}:figures"

@@ -16,6 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,11 @@ class _Histogram:
             total += count
             out.append((bound, float(total)))
         return out
+
+    def read(self) -> tuple[list[tuple[str, float]], float]:
+        """The buckets and the sum, read together."""
+        total = self.sum
+        return self.buckets(), total
 
 
 class _TaskFigures:
@@ -148,8 +154,8 @@ class _Figures:
                 if count:
                     runs.add_metric([*task, outcome], count)
             if any(figures.took.counts):
-                took.add_metric(list(task), figures.took.buckets(), figures.took.sum)
-                waited.add_metric(list(task), figures.waited.buckets(), figures.waited.sum)
+                took.add_metric(list(task), *figures.took.read())
+                waited.add_metric(list(task), *figures.waited.read())
         yield runs
         yield took
         yield waited
@@ -241,12 +247,17 @@ def serve(
 #: Gauges whose children's values add up; the others (silence, the queue figures only one
 #: worker measures) are the largest child's.
 _SUMMED_GAUGES = frozenset({"streamtasks_worker_in_flight"})
+#: How long a child has to answer a probe: the whole endpoint answers within about this long.
+_CHILD_TIMEOUT = 0.5
+
+Series = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def _probe(port: int, path: str) -> tuple[int, bytes]:
     """GET a child's probe on loopback: its status and body, or 0 when it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+        url = f"http://127.0.0.1:{port}{path}"
+        with urllib.request.urlopen(url, timeout=_CHILD_TIMEOUT) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as failed:
         return failed.code, failed.read()
@@ -254,35 +265,81 @@ def _probe(port: int, path: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def gather(ports: list[int]) -> bytes:
-    """The children's /metrics as one: counters and histograms added up, in-flight runs too, and
-    of the other gauges the largest."""
-    from prometheus_client.parser import text_string_to_metric_families
+def _probe_all(ports: dict[str, int], path: str) -> dict[str, tuple[int, bytes]]:
+    """Every child's answer to `path`, asked all at once."""
+    if not ports:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(ports)) as pool:
+        answers = pool.map(lambda port: _probe(port, path), ports.values())
+        return dict(zip(ports, answers, strict=True))
 
-    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]]
-    families = {}
-    for port in ports:
-        status, body = _probe(port, "/metrics")
-        if status != 200:
-            continue
-        for family in text_string_to_metric_families(body.decode()):
-            found = families.setdefault(family.name, (family.type, family.documentation, {}))
-            summed = family.type != "gauge" or family.name in _SUMMED_GAUGES
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                had = found[2].get(key)
-                if had is None:
-                    found[2][key] = sample.value
-                else:
-                    found[2][key] = had + sample.value if summed else max(had, sample.value)
-    lines = []
-    for name, (kind, documentation, samples) in families.items():
-        lines.append(f"# HELP {name} {_escaped(documentation, help_text=True)}")
-        lines.append(f"# TYPE {name} {kind}")
-        for (series, labels), value in samples.items():
-            shown = ",".join(f'{k}="{_escaped(v)}"' for k, v in labels)
-            lines.append(f"{series}{{{shown}}} {value!r}" if shown else f"{series} {value!r}")
-    return ("\n".join(lines) + "\n").encode()
+
+class Gathered:
+    """The children's /metrics as one: counters and histograms added up, runs in flight too,
+    and of the other gauges the largest. A total never goes down: what a child counted before
+    it was replaced (a new child answers on a new port) stays in it, and a child that does not
+    answer this time counts with what it said last."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, tuple[str, str]] = {}  # family: its type and help
+        self._families: dict[Series, str] = {}  # each series: its family
+        self._last: dict[tuple[str, int], dict[Series, float]] = {}  # counts, by child and port
+        self._retired: dict[Series, float] = {}  # counts of children since replaced
+        self._lock = threading.Lock()
+
+    def text(self, ports: dict[str, int]) -> bytes:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        answers = _probe_all(ports, "/metrics")
+        with self._lock:
+            gauges: dict[Series, float] = {}
+            for child, (status, body) in answers.items():
+                if status != 200:
+                    continue
+                try:
+                    families = list(text_string_to_metric_families(body.decode()))
+                except ValueError:
+                    continue  # not a worker's answer: a stale port someone else took
+                counts: dict[Series, float] = {}
+                for family in families:
+                    self._kinds.setdefault(family.name, (family.type, family.documentation))
+                    summed = family.name in _SUMMED_GAUGES
+                    for sample in family.samples:
+                        series = (sample.name, tuple(sorted(sample.labels.items())))
+                        self._families[series] = family.name
+                        if family.type != "gauge":
+                            counts[series] = sample.value
+                        elif series not in gauges:
+                            gauges[series] = sample.value
+                        elif summed:
+                            gauges[series] += sample.value
+                        else:
+                            gauges[series] = max(gauges[series], sample.value)
+                self._last[(child, ports[child])] = counts
+            for gone in [k for k in self._last if ports.get(k[0]) != k[1]]:
+                for series, value in self._last.pop(gone).items():
+                    self._retired[series] = self._retired.get(series, 0.0) + value
+            totals = dict(self._retired)
+            for counts in self._last.values():
+                for series, value in counts.items():
+                    totals[series] = totals.get(series, 0.0) + value
+            return self._render({**totals, **gauges})
+
+    def _render(self, values: dict[Series, float]) -> bytes:
+        by_family: dict[str, list[tuple[Series, float]]] = {}
+        for series, value in values.items():
+            by_family.setdefault(self._families[series], []).append((series, value))
+        lines = []
+        for family, samples in by_family.items():
+            kind, documentation = self._kinds[family]
+            # A counter's family is named without its _total, its samples with it.
+            shown = f"{family}_total" if kind == "counter" else family
+            lines.append(f"# HELP {shown} {_escaped(documentation, help_text=True)}")
+            lines.append(f"# TYPE {shown} {kind}")
+            for (name, labels), value in samples:
+                tags = ",".join(f'{k}="{_escaped(v)}"' for k, v in labels)
+                lines.append(f"{name}{{{tags}}} {value!r}" if tags else f"{name} {value!r}")
+        return ("\n".join(lines) + "\n").encode()
 
 
 def _escaped(text: str, help_text: bool = False) -> str:
@@ -292,10 +349,11 @@ def _escaped(text: str, help_text: bool = False) -> str:
 
 def children_health(ports: dict[str, int | None], path: str) -> str | None:
     """None if every child answers `path` (/healthz or /readyz) with 200; else who does not."""
+    answers = _probe_all({c: p for c, p in ports.items() if p is not None}, path)
     failing = []
     for child, port in ports.items():
-        status, body = (0, b"") if port is None else _probe(port, path)
+        status, body = answers.get(child, (0, b""))
         if status != 200:
             why = body.decode(errors="replace").strip() or "not answering"
-            failing.append(f"{child}: {why}")
+            failing.append(f"{child}: {why if port is not None else 'starting'}")
     return "; ".join(failing) or None

@@ -303,29 +303,31 @@ class Session:
         self.worker.registration.beat(self.counts())
 
     def measure_queues(self, io: Io) -> None:
-        """For the metrics: measure the queues if this worker leads the app's workers in that
-        (a lease in Redis, so that one process at a time does), else measure nothing."""
+        """For the metrics: measure each queue this worker leads the measuring of (a lease per
+        queue in Redis, so that one process at a time measures a queue, whichever workers
+        serve it). Only what this round measured is kept: nothing stale outlives a lost lease
+        or a failed round."""
         if self.worker.metrics is None:
             return
-        registration = self.worker.registration
-        lease = registration.keys.figures
-        ttl_ms = int(FIGURES_EVERY * 2000)
-        if not io(partial(self.app.broker.lead, lease, registration.instance, ttl_ms)):
-            self.queue_figures = {}
-            return
+        token, ttl_ms = self.worker.registration.instance, int(FIGURES_EVERY * 2000)
         now = self.app.clock()
-        figures = {}
-        for keys in self.keys.values():
-            found = io(partial(self.app.broker.queue_status, keys, []))
-            oldest = found.oldest_waiting_ms
-            figures[keys.queue] = {
-                "waiting": found.waiting,
-                "in_flight": found.in_flight,
-                "delayed": found.delayed,
-                "dead": found.dead,
-                "oldest_waiting_seconds": 0.0 if oldest is None else max(0.0, now - oldest / 1000),
-            }
-        self.queue_figures = figures
+        figures: dict[str, dict[str, float]] = {}
+        try:
+            for keys in self.keys.values():
+                if not io(partial(self.app.broker.lead, keys.figures, token, ttl_ms)):
+                    continue
+                found = io(partial(self.app.broker.queue_status, keys, []))
+                oldest = found.oldest_waiting_ms
+                waited = 0.0 if oldest is None else max(0.0, now - oldest / 1000)
+                figures[keys.queue] = {
+                    "waiting": found.waiting,
+                    "in_flight": found.in_flight,
+                    "delayed": found.delayed,
+                    "dead": found.dead,
+                    "oldest_waiting_seconds": waited,
+                }
+        finally:
+            self.queue_figures = figures
 
     def figures(self, now: float) -> Figures:
         """What the run measured of itself, at `now` (monotonic)."""

@@ -114,18 +114,20 @@ def supervise(
         found: dict[str, int | None] = {}
         for child in names:
             try:
-                found[child] = int((ports / child).read_text())
+                port = int((ports / child).read_text())
             except (OSError, ValueError):
-                found[child] = None  # starting, or never got that far
+                port = None  # starting, or never got that far
+            found[child] = None if port in found.values() else port
         return found
 
     if probes is not None:
-        from streamtasks.metrics import children_health, gather, serve
+        from streamtasks.metrics import Gathered, children_health, serve
 
         host, port = probes
+        gathered = Gathered()
         try:
             serve(
-                lambda: gather([p for p in child_ports().values() if p is not None]),
+                lambda: gathered.text({c: p for c, p in child_ports().items() if p is not None}),
                 lambda: children_health(child_ports(), "/healthz"),
                 lambda: children_health(child_ports(), "/readyz") is None,
                 port,
@@ -167,6 +169,8 @@ def supervise(
             code = proc.poll()
             if code is None or stopping.is_set():
                 continue
+            # Its port is free for anyone now: not asked again until its successor writes one.
+            (ports / child).unlink(missing_ok=True)
             if code == USAGE_ERROR:
                 # Restarting cannot fix a bad command line or app: stop them all and say so.
                 log.error("worker %s refused its arguments; stopping", child)
