@@ -521,7 +521,10 @@ class Broker:
         ]
         for name, timeout in timeouts_ms.items():
             args += [name, timeout]
-        nxt, flat, dead = self._scripts["reclaim"](keys=[keys.stream, keys.dead], args=args)
+        counted = keys.done(now_ms // 60_000)  # a dead letter is a run that ended
+        nxt, flat, dead = self._scripts["reclaim"](
+            keys=[keys.stream, keys.dead, counted], args=args
+        )
         entries = [
             (_s(flat[i]), dict(zip(flat[i + 1][::2], flat[i + 1][1::2], strict=True)))
             for i in range(0, len(flat), 2)

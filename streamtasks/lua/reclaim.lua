@@ -2,7 +2,7 @@
 -- idle past their task's visibility timeout; dead-letter those delivered max_deliveries times.
 -- XPENDING + XCLAIM rather than XAUTOCLAIM because the timeout is per task, so each entry's idle
 -- time must be compared with its own task's timeout before it is taken.
--- KEYS: stream, dlq
+-- KEYS: stream, dlq, this minute's count of ended runs (as settle.lua keeps it)
 -- ARGV: group, consumer, cursor, count, max deliveries, default timeout ms, own (1: also take
 --       this consumer's own entries, whatever their idle time), now ms, result key prefix,
 --       result ttl ms, DEAD result data, most entries to claim, idempotency key prefix, then
@@ -61,6 +61,8 @@ for _, p in ipairs(pending) do
           'traceback', '', 'attempts', tostring(attempt), 'deliveries', tostring(deliveries),
           'worker', holder, 'failed_at', ARGV[8], 'origin_stream', KEYS[1], 'origin_id', id})
         finish(KEYS[1], group, id)
+        redis.call('INCR', KEYS[3])
+        redis.call('PEXPIRE', KEYS[3], 600000)
         if f.id then
           local rkey = ARGV[9] .. f.id
           redis.call('XADD', rkey, '*', 'status', 'DEAD', 'data', ARGV[11])

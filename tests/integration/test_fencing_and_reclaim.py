@@ -157,6 +157,9 @@ def test_a_poison_entry_goes_to_the_dead_letter_stream_after_max_deliveries(
     [dead] = app.dead_letters().list()
     assert dead.get("error_type") == "MaxDeliveriesExceeded"
     assert (dead.get("attempts"), dead.get("deliveries")) == ("1", "3")
+    minute = int(app.clock() // 60)  # this minute's count, or the last one's just after it
+    counts = [app.broker.client.get(app.keys("default").done(m)) for m in (minute, minute - 1)]
+    assert sum(int(c or 0) for c in counts) == 1, "counted as a run that ended, in status"
     assert dead.get("worker") == "w2"
     assert dead.get("origin_id") == entry
     assert dead.get("origin_stream") == app.keys("default").stream
