@@ -144,6 +144,11 @@ class QueueStatus(NamedTuple):
     consumers: int
     ended: list[int]
 
+    def oldest_waited(self, now: float) -> float | None:
+        """How long the oldest waiting entry has waited at `now` (Unix seconds), if one does."""
+        oldest = self.oldest_waiting_ms
+        return None if oldest is None else max(0.0, now - oldest / 1000)
+
 
 class Buried(NamedTuple):
     """An entry reclaim dead-lettered because it was delivered max_deliveries times."""

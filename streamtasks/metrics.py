@@ -63,18 +63,14 @@ class _Histogram:
         self.counts[bisect.bisect_left(_SECONDS, value)] += 1
         self.sum += value
 
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative, +Inf last: read from one copy, so the count matches the buckets."""
-        counts, total, out = list(self.counts), 0, []
-        for bound, count in zip([*map(str, _SECONDS), "+Inf"], counts, strict=True):
-            total += count
-            out.append((bound, float(total)))
-        return out
-
     def read(self) -> tuple[list[tuple[str, float]], float]:
-        """The buckets and the sum, read together."""
-        total = self.sum
-        return self.buckets(), total
+        """The buckets, cumulative with +Inf last, and the sum: the sum first, then one copy of
+        the counts, so the count (the +Inf bucket) matches the buckets."""
+        total, counts, cumulative, buckets = self.sum, list(self.counts), 0, []
+        for bound, count in zip([*map(str, _SECONDS), "+Inf"], counts, strict=True):
+            cumulative += count
+            buckets.append((bound, float(cumulative)))
+        return buckets, total
 
 
 class _TaskFigures:

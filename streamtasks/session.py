@@ -317,14 +317,12 @@ class Session:
                 if not io(partial(self.app.broker.lead, keys.figures, token, ttl_ms)):
                     continue
                 found = io(partial(self.app.broker.queue_status, keys, []))
-                oldest = found.oldest_waiting_ms
-                waited = 0.0 if oldest is None else max(0.0, now - oldest / 1000)
                 figures[keys.queue] = {
                     "waiting": found.waiting,
                     "in_flight": found.in_flight,
                     "delayed": found.delayed,
                     "dead": found.dead,
-                    "oldest_waiting_seconds": waited,
+                    "oldest_waiting_seconds": found.oldest_waited(now) or 0.0,
                 }
         finally:
             self.queue_figures = figures
@@ -340,10 +338,15 @@ class Session:
         self.answered = time.monotonic()
         self.renewed += renewed
 
+    @property
+    def serving(self) -> bool:
+        """Whether the run's parts have started and it has not ended."""
+        return bool(self._threads) and not self.ended.is_set()
+
     def health(self, now: float) -> str | None:
         """None if the run is healthy at `now` (monotonic): its threads alive and Redis heard
         from lately; else why not."""
-        if not self._threads or self.ended.is_set():
+        if not self.serving:
             return "not serving"
         dead = [t.name for t in self._threads if not t.is_alive()]
         if self.loop is not None and not self.loop.alive:

@@ -175,7 +175,7 @@ class Worker:
     def ready(self) -> bool:
         """Whether the worker serves its queues now."""
         session = self._session
-        return session is not None and session.health(time.monotonic()) != "not serving"
+        return session is not None and session.serving
 
     def health(self) -> str | None:
         """None while the worker serves and is healthy: its threads alive and Redis heard from

@@ -73,7 +73,6 @@ def snapshot(app: App, queues: list[str]) -> dict[str, Any]:
     rows = []
     for name in queues:
         found = app.broker.queue_status(app.keys(app.check_queue(name)), minutes)
-        oldest = found.oldest_waiting_ms
         rows.append(
             {
                 "name": name,
@@ -81,7 +80,7 @@ def snapshot(app: App, queues: list[str]) -> dict[str, Any]:
                 "in_flight": found.in_flight,
                 "delayed": found.delayed,
                 "dead": found.dead,
-                "oldest_waiting_s": None if oldest is None else max(0.0, now - oldest / 1000),
+                "oldest_waiting_s": found.oldest_waited(now),
                 "done_per_min_1m": round(found.ended[0] + found.ended[1] * covered, 1),
                 "done_per_min_5m": round((sum(found.ended[:5]) + found.ended[5] * covered) / 5, 1),
                 "consumers": found.consumers,
