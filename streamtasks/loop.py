@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 RUN_FRAME = "aexecute"
 
 
-def _as_it_is(coro: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
-    return coro
-
-
 class LoopExecutor:
     """One event loop on a thread of its own, running what `submit` is given."""
 
@@ -176,7 +172,7 @@ class LoopExecutor:
                     context=partial(context_of, d, host.name, app, True),
                     log_success=host.log_each,
                     cancelled_here=lambda: d.given_up or self.cancelling,
-                    watch=partial(self._limit, d, alarms) if limited else _as_it_is,
+                    watch=partial(self._limit, d, alarms) if limited else None,
                 )
         except asyncio.CancelledError:
             if d.given_up:

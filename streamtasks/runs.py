@@ -215,7 +215,7 @@ async def aexecute(
     context: Callable[[], TaskContext],
     log_success: bool,
     cancelled_here: Callable[[], bool] = lambda: False,
-    watch: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]] = lambda coro: coro,
+    watch: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]] | None = None,
 ) -> tuple[Settle, float]:
     """`execute` for an `async def` task, awaited on the running event loop. Its context is its
     own asyncio task's, so current_task() answers for it alone. A CancelledError is the worker
@@ -228,7 +228,8 @@ async def aexecute(
     began = time.perf_counter()
     exc: BaseException | None = None
     try:
-        value = await watch(task.fn(*message.args, **message.kwargs))
+        coro = task.fn(*message.args, **message.kwargs)
+        value = await (coro if watch is None else watch(coro))
     except asyncio.CancelledError as error:
         if cancelled_here():
             raise  # the worker is giving the entry back: not an outcome of the task

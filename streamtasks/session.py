@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from streamtasks import retrying
 from streamtasks.broker import Batch, Entry, Reclaimed
 from streamtasks.errors import BrokerUnavailable, ConfigurationError, StreamTasksError
-from streamtasks.executors import ThreadPool
+from streamtasks.executors import Executor, ThreadPool
 from streamtasks.keeper import SHORT_BLOCK, Keeper
 from streamtasks.keys import QueueKeys
 from streamtasks.loop import LoopExecutor
@@ -103,12 +103,14 @@ class Session:
         self.loop = (
             LoopExecutor(self, stall=worker.loop_stall) if worker.async_concurrency else None
         )
+        #: Where the run's tasks run: what starting, busyness and stopping go through.
+        self.executors: list[Executor] = [self.pool, *([self.loop] if self.loop else [])]
         self.settler = Settler(
             self.app,
             self.name,
             self.outage,
             settled=self._release,
-            busy=lambda: self.pool.busy or (self.loop is not None and self.loop.busy),
+            busy=lambda: any(executor.busy for executor in self.executors),
             abort=self._abort,
             observe=worker.metrics.observe if worker.metrics is not None else None,
         )
@@ -154,14 +156,13 @@ class Session:
         self.worker.stop()
         self._hand_back(self.pool.unstarted(), "not started")
         if not self._threads:  # failed before the parts started, e.g. on a bad URL
-            if self.loop is not None:
-                self.loop.close()
+            for executor in self.executors:
+                executor.close()
             self.ended.set()
             return
         deadline = time.monotonic() + timeout
-        self.pool.finish(deadline)
-        if self.loop is not None:
-            self.loop.finish(deadline)
+        for executor in self.executors:
+            executor.finish(deadline)
         # The keeper's last reclaim may bring entries too; they are handed back with the rest.
         # It stops within its read's block, or later on a connection gone silent: not waited
         # for past that, and what it brings after this run has ended it leaves pending in Redis.
@@ -185,8 +186,8 @@ class Session:
         # in Redis and is redelivered, which is safe; hanging on to it is not.
         self._abort.set()
         settler.join()
-        if self.loop is not None:
-            self.loop.close()
+        for executor in self.executors:
+            executor.close()
         # Whatever is still held was settled, handed back, or left pending in Redis for
         # redelivery. A task thread still running past the timeout must not carry on into a
         # next run: this run has ended, whatever the worker's stop event says next.
